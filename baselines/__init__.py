@@ -1,0 +1,1 @@
+"""The other methods of the suite, on rws's model zoo and harness."""

@@ -1,0 +1,165 @@
+"""The ``rws`` command: train | eval | datasets.
+
+Every mistake the user can fix ends in one line on stderr naming the problem and the
+fix, and exit code 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from rws.errors import UserError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rws", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model with one method; writes a checkpoint "
+                       "and a result record into --out (run again to resume)")
+    t.add_argument("--data", default="binarized_mnist",
+                   help="registered data set (see `rws datasets`) or a path to an .npz")
+    t.add_argument("--model", default="sbn:200",
+                   help="model spec, e.g. sbn:200, sbn:200-200-10, sbn/nade:200")
+    t.add_argument("--method", default="rws", help="training method (default rws)")
+    t.add_argument("-K", "--samples", dest="K", type=_positive_int, default=5,
+                   help="samples per data point per update (default 5)")
+    t.add_argument("--batch-size", type=_positive_int, default=100)
+    t.add_argument("--epochs", type=_positive_int, default=10)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--optimizer", default="adam", help="adam (default) or sgd")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--valid-every", type=_positive_int, default=1,
+                   help="validate every N epochs (default 1)")
+    t.add_argument("--valid-k", type=_positive_int, default=100,
+                   help="K of the validation log-likelihood (default 100)")
+    t.add_argument("--patience", type=_positive_int, default=10,
+                   help="stop after N validations without improvement (default 10)")
+    t.add_argument("--test-k", type=_positive_int, default=100,
+                   help="K of the final test log-likelihood (default 100)")
+    t.add_argument("--max-bad-steps", type=_positive_int, default=20,
+                   help="stop after N non-finite steps in a row (default 20)")
+    t.add_argument("--no-wake-q", dest="wake_q", action="store_const", const=False,
+                   help="rws: no wake-phase update of Q")
+    t.add_argument("--no-sleep-q", dest="sleep_q", action="store_const", const=False,
+                   help="rws: no sleep-phase update of Q")
+    t.add_argument("--n-dreams", type=_positive_int, default=None,
+                   help="rws/ws: dreams per sleep update (default: the batch size)")
+    t.add_argument("--out", required=True, help="output directory of the run")
+    _add_common(t)
+
+    e = sub.add_parser("eval", help="importance-sampled log-likelihood of a checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint.pt written by `rws train`")
+    e.add_argument("-K", "--samples", dest="K", type=_positive_int, default=5000,
+                   help="importance samples per point (default 5000)")
+    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--rows", type=_positive_int, default=None,
+                   help="proposals scored per forward pass (memory bound)")
+    e.add_argument("--json", dest="json_out", default=None,
+                   help="also write the result (with per-point values) to this JSON file")
+    _add_common(e)
+
+    d = sub.add_parser("datasets", help="list the registered data sets")
+    d.add_argument("--debug", action="store_true")
+    return parser
+
+
+def cmd_train(args) -> None:
+    from rws.train import TrainConfig, train
+    options = {k: getattr(args, k) for k in ("wake_q", "sleep_q", "n_dreams")
+               if getattr(args, k) is not None}
+    cfg = TrainConfig(data=args.data, model=args.model, method=args.method, K=args.K,
+                      batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
+                      optimizer=args.optimizer, seed=args.seed, device=args.device,
+                      threads=args.threads, valid_every=args.valid_every,
+                      valid_k=args.valid_k, patience=args.patience, test_k=args.test_k,
+                      max_bad_steps=args.max_bad_steps, progress=not args.no_progress,
+                      method_options=options)
+    record = train(cfg, args.out)
+    print(f"record: {Path(args.out) / 'record.json'}")
+    t = record["test"]
+    print(f"test log-likelihood (K={t['K']}): {t['ll']:.3f} +- {t['se']:.3f} nats")
+
+
+def cmd_eval(args) -> None:
+    import torch
+
+    from rws import data, results, zoo
+    from rws.train import evaluate, resolve_device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    state = results.load_checkpoint(args.checkpoint, map_location=device)
+    cfg = state["config"]
+    x = data.get(cfg["data"])[args.split]
+    model = zoo.build(cfg["model"], x.shape[1]).to(device)
+    model.load_state_dict(state["model"])
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    from rws import estimate
+    r = estimate.log_likelihood(model, x, args.K, generator=g, rows=args.rows, device=device,
+                                progress=not args.no_progress, desc=args.split)
+    print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {state['epoch']}): {r}"
+          f"  [{r.seconds:.1f} s]")
+    if args.json_out:
+        results.write_json(Path(args.json_out), {
+            **r.summary(), "split": args.split, "checkpoint": str(args.checkpoint),
+            "config": cfg, "seed": args.seed, "environment": results.environment(device),
+            "per_point": r.per_point.tolist(), "ess": r.ess.tolist()})
+
+
+def cmd_datasets(args) -> None:
+    from rws.data import REGISTRY
+    print(f"{'name':28s} {'dim':>5s} {'train':>7s} {'valid':>7s} {'test':>7s}  source")
+    for info in REGISTRY.values():
+        tr, va, te = info.sizes
+        print(f"{info.name:28s} {info.dim:5d} {tr:7d} {va:7d} {te:7d}  {info.source}")
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "datasets": cmd_datasets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"rws: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rws: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected fault: one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"rws: internal error: {type(e).__name__}: {e} (run again with --debug for "
+                  "the traceback, and please report it)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The method interface and registry.
+
+A method turns a minibatch into one surrogate loss whose gradient is its estimator.
+It is an ``nn.Module`` so that its own trainable parts (NVIL's baselines) and running
+statistics are saved in checkpoints with the model. The training loop knows nothing
+else about it.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import torch
+from torch import nn
+
+from rws.errors import UserError
+
+# name -> "module:Class"; imported on first use so baselines stay optional reading.
+REGISTRY = {
+    "rws": "rws.rws:RWS",
+}
+
+
+class Method(nn.Module):
+    """Base class. Subclasses implement ``loss``."""
+
+    name = "?"
+
+    def __init__(self, model: nn.Module, K: int):
+        super().__init__()
+        if K < 1:
+            raise UserError(f"K (samples per data point) must be >= 1, got {K}")
+        self.model = model  # registered as a submodule; state_dict() excludes it below
+        self.K = K
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None):
+        """x [B, D] float -> (scalar loss to minimise, {'train_ll': [] detached estimate})."""
+        raise NotImplementedError
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser groups: the model, then the method's own parameters if any."""
+        own = [p for n, p in self.named_parameters() if not n.startswith("model.")]
+        groups = [{"params": list(self.model.parameters()), "lr": lr}]
+        if own:
+            groups.append({"params": own, "lr": lr})
+        return groups
+
+    def own_state(self) -> dict:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+
+    def load_own_state(self, state: dict) -> None:
+        self.load_state_dict({**self.model.state_dict(prefix="model."), **state})
+
+
+def build(name: str, model: nn.Module, K: int, **options) -> Method:
+    """Construct method ``name``. Options left as None are dropped; an option set by the
+    user that the method does not take is an error."""
+    if name not in REGISTRY:
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(REGISTRY)}")
+    module, cls_name = REGISTRY[name].split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in accepted:
+            raise UserError(f"method '{name}' does not take the option '{key}'; drop it")
+        kwargs[key] = value
+    return cls(model, K, **kwargs)

@@ -1,0 +1,96 @@
+"""Reweighted Wake-Sleep (Bornschein & Bengio, "Reweighted Wake-Sleep", ICLR 2015).
+
+For a data point x draw K proposals h_k ~ q(h | x) (no gradient through the samples),
+with log weights log w_k = log p(x, h_k) - log q(h_k | x) and normalised weights
+w~_k = softmax_k(log w_k), treated as constants. The estimators (ascent directions):
+
+    wake-P:   g_theta = sum_k w~_k grad_theta log p(x, h_k)
+              -> grad_theta log p(x) as K grows (self-normalised IS, O(1/K) bias)
+    wake-Q:   g_phi   = sum_k w~_k grad_phi log q(h_k | x)
+              -> -grad_phi KL(p(h|x) || q(h|x))
+    sleep-Q:  g_phi   = grad_phi log q(h | x),  (x, h) ~ p(x, h)  ("dreams")
+              unbiased for grad_phi E_p(x,h) log q(h | x)
+
+Their surrogate losses (to minimise, averaged over the minibatch):
+
+    wake-P   -(logsumexp_k(log p - sg[log q]) - log K)        the IS bound in theta
+    wake-Q   -sum_k sg[w~_k] log q_k
+    sleep-Q  -log q(h_dream | x_dream)
+
+Detaching log q inside the wake-P loss keeps it from leaking into phi, so one backward
+pass gives both gradients (the construction of Pyro's ``ReweightedWakeSleep``).
+The wake-P loss value is also the minibatch estimate of -log p^_K(x).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from rws.errors import UserError
+from rws.methods import Method
+
+
+def normalized_weights(log_w: torch.Tensor) -> torch.Tensor:
+    """softmax over the K axis of log_w [B, K], detached; rows whose weights are all
+    -inf (every proposal impossible under p) get zero weight instead of NaN."""
+    log_w = log_w.detach()
+    w = torch.softmax(log_w, dim=1)
+    return torch.where(torch.isfinite(log_w).any(1, keepdim=True), w, torch.zeros_like(w))
+
+
+def wake_theta_loss(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """-(logsumexp_k(log p - sg[log q]) - log K) per point: [B, K] -> [B].
+    Its gradient is -sum_k w~_k grad_theta log p(x, h_k). Points with all weights -inf
+    contribute 0 (and no gradient) rather than +inf."""
+    K = log_p.shape[1]
+    bound = torch.logsumexp(log_p - log_q.detach(), dim=1) - math.log(K)
+    return torch.where(torch.isfinite(bound), -bound, torch.zeros_like(bound))
+
+
+def wake_phi_loss(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """-sum_k sg[w~_k] log q(h_k | x) per point: [B, K] -> [B]."""
+    return -(normalized_weights(log_p - log_q) * log_q).sum(1)
+
+
+def sleep_phi_loss(model, n: int, generator=None) -> torch.Tensor:
+    """-log q(h | x) on n dreams (x, h) ~ p, sampled without gradient: -> [n]."""
+    hs = model.sample_p(n, generator)
+    return -torch.stack(model.log_q_layers(hs)).sum(0)
+
+
+def log_px_estimate(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """log p^_K(x) = logsumexp_k(log w_k) - log K: [B, K] -> [B], detached."""
+    return (torch.logsumexp((log_p - log_q).detach(), dim=1) - math.log(log_p.shape[1]))
+
+
+class RWS(Method):
+    """Reweighted wake-sleep: wake-P always, wake-Q and/or sleep-Q for the inference net.
+
+    wake_q, sleep_q: which Q updates run (the paper's best: both). When both run their
+    gradients add, as in the original code. n_dreams: dreams per sleep step (default:
+    the batch size, every step, as in the author's later Blocks code).
+    """
+
+    name = "rws"
+
+    def __init__(self, model, K: int = 5, wake_q: bool = True, sleep_q: bool = True,
+                 n_dreams: int | None = None):
+        super().__init__(model, K)
+        if not (wake_q or sleep_q):
+            raise UserError("rws needs wake-Q or sleep-Q (or both) to train the inference "
+                            "network; drop --no-wake-q or --no-sleep-q")
+        if wake_q and K == 1:
+            warnings.warn("wake-Q with K=1 has zero expected gradient (pure noise); "
+                          "use K > 1 or --no-wake-q (classical wake-sleep)", stacklevel=2)
+        self.wake_q, self.sleep_q, self.n_dreams = wake_q, sleep_q, n_dreams
+
+    def loss(self, x, generator=None):
+        log_p, log_q = self.model.log_joint(x, self.K, generator)    # [B, K] each
+        loss = wake_theta_loss(log_p, log_q).mean()
+        if self.wake_q:
+            loss = loss + wake_phi_loss(log_p, log_q).mean()
+        if self.sleep_q:
+            loss = loss + sleep_phi_loss(self.model, self.n_dreams or x.shape[0], generator).mean()
+        return loss, {"train_ll": log_px_estimate(log_p, log_q).mean()}

@@ -1,0 +1,292 @@
+"""One training loop for every method.
+
+Epochs over shuffled minibatches; Adam by default; the validation log-likelihood
+log p^_K at ``valid_k`` every ``valid_every`` epochs; early stopping after ``patience``
+validations without improvement, restoring the best parameters; a checkpoint and the
+run's record written atomically after every epoch, so the same command resumes a run
+that was killed; the wall-clock seconds of each epoch's training steps (evaluation
+excluded) recorded. A step whose loss or gradient is not finite is skipped and counted;
+after ``max_bad_steps`` of them in a row the run stops, keeping its last good checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rws import data as datasets
+from rws import estimate, methods, results, zoo
+from rws.errors import UserError
+
+CHECKPOINT = "checkpoint.pt"
+RECORD = "record.json"
+
+# Config keys that may change when a run is resumed (they do not change what is computed).
+RESUMABLE_CHANGES = {"epochs", "device", "threads", "progress", "test_k"}
+
+
+@dataclass
+class TrainConfig:
+    data: str = "binarized_mnist"
+    model: str = "sbn:200"
+    method: str = "rws"
+    K: int = 5
+    batch_size: int = 100
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    valid_every: int = 1
+    valid_k: int = 100
+    patience: int = 10          # validations without improvement before stopping
+    test_k: int = 100
+    max_bad_steps: int = 20
+    progress: bool = True
+    method_options: dict = field(default_factory=dict)  # e.g. {"wake_q": False}
+
+    def check(self) -> None:
+        for name in ("K", "batch_size", "epochs", "valid_every", "valid_k", "test_k",
+                     "patience", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"learning rate must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer '{self.optimizer}'; choose one of: "
+                            f"{', '.join(OPTIMIZERS)}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"threads must be >= 1, got {self.threads}")
+
+
+OPTIMIZERS = {
+    "adam": lambda groups: torch.optim.Adam(groups),
+    "sgd": lambda groups: torch.optim.SGD(groups),
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; "
+                        "use --device cpu")
+    return device
+
+
+def build_run(cfg: TrainConfig, n_data: int, device: torch.device):
+    """The model (initialised from cfg.seed) and its method."""
+    torch.manual_seed(cfg.seed)
+    model = zoo.build(cfg.model, n_data).to(device)
+    method = methods.build(cfg.method, model, cfg.K, **cfg.method_options).to(device)
+    return model, method
+
+
+def evaluate(model, x, K, seed, device, progress=False, desc="eval"):
+    """log p^_K on x with an evaluation generator of its own (the same draws each call)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return estimate.log_likelihood(model, x, K, generator=g, device=device,
+                                   progress=progress, desc=desc)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: str | Path):
+        cfg.check()
+        self.cfg, self.out = cfg, Path(out)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        results.ensure_writable_dir(self.out)
+        self.splits = datasets.get(cfg.data)
+        n_train, n_data = self.splits["train"].shape
+        if cfg.batch_size > n_train:
+            raise UserError(f"batch size {cfg.batch_size} is larger than the {n_train} "
+                            f"training points of '{cfg.data}'; use --batch-size {n_train} or less")
+        self.train_x = self.splits["train"].to(self.device)
+        self.model, self.method = build_run(cfg, n_data, self.device)
+        self.optimizer = OPTIMIZERS[cfg.optimizer](self.method.param_groups(cfg.lr))
+        self.sample_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.epoch = 0                 # epochs completed
+        self.history: list[dict] = []
+        self.best = {"valid_ll": -math.inf, "epoch": 0, "model": None, "method": None}
+        self.fails = 0                 # validations without improvement
+        self.status = "running"
+        self.total_skipped = 0
+        self.record_base = {
+            "schema": results.RECORD_SCHEMA,
+            "config": dataclasses.asdict(cfg),
+            "seed": cfg.seed,
+            "model": {"spec": self.model.spec, "sizes": self.model.sizes,
+                      "parameters": sum(p.numel() for p in self.model.parameters())},
+            "data": {"name": cfg.data, "train": n_train, "dim": n_data,
+                     "valid": len(self.splits["valid"]), "test": len(self.splits["test"])},
+        }
+        self._resume_if_possible()
+
+    # -- checkpoints -------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "method": self.method.own_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": self.best,
+            "fails": self.fails,
+            "status": self.status,
+            "total_skipped": self.total_skipped,
+            "sample_gen": self.sample_gen.get_state(),
+            "shuffle_gen": self.shuffle_gen.get_state(),
+        }
+
+    def _resume_if_possible(self) -> None:
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            return
+        state = results.load_checkpoint(path, map_location=self.device)
+        old, new = state["config"], dataclasses.asdict(self.cfg)
+        changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+        if changed:
+            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+            raise UserError(f"{self.out} holds a run with a different config ({diffs}); "
+                            "use another --out, or the same options to resume it")
+        self.model.load_state_dict(state["model"])
+        self.method.load_own_state(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        self.best, self.fails = state["best"], state["fails"]
+        self.status, self.total_skipped = state["status"], state["total_skipped"]
+        self.sample_gen.set_state(state["sample_gen"].cpu() if self.device.type == "cpu"
+                                  else state["sample_gen"])
+        self.shuffle_gen.set_state(state["shuffle_gen"].cpu())
+        self.resumed_from = self.epoch
+
+    def _save(self, extra: dict | None = None, checkpoint: bool = True) -> dict:
+        record = {**self.record_base, "status": self.status, "epochs_done": self.epoch,
+                  "epochs": self.history, "best_epoch": self.best["epoch"],
+                  "best_valid_ll": self.best["valid_ll"], "skipped_steps": self.total_skipped,
+                  "environment": results.environment(self.device), **(extra or {})}
+        if checkpoint:
+            results.save_checkpoint(self.out / CHECKPOINT, self._state())
+        results.write_json(self.out / RECORD, record)
+        return record
+
+    # -- one epoch -----------------------------------------------------------------
+    def _train_epoch(self) -> dict:
+        cfg = self.cfg
+        N = self.train_x.shape[0]
+        perm = torch.randperm(N, generator=self.shuffle_gen).to(self.device)
+        n_batches = math.ceil(N / cfg.batch_size)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        ll_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        steps = skipped = bad_run = 0
+        bar = tqdm(range(n_batches), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   disable=not cfg.progress, leave=False, unit="step")
+        self.model.train()
+        t0 = time.perf_counter()
+        for i in bar:
+            x = self.train_x[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]].float()
+            loss, stats = self.method.loss(x, self.sample_gen)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, math.inf)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                skipped += 1
+                bad_run += 1
+                if bad_run >= cfg.max_bad_steps:
+                    self.status = "stopped_nonfinite"
+                    break
+                continue
+            bad_run = 0
+            self.optimizer.step()
+            ll_sum += stats["train_ll"].detach()
+            steps += 1
+            if i % 25 == 0 and cfg.progress:
+                bar.set_postfix(train_ll=f"{float(ll_sum) / max(steps, 1):.2f}")
+        seconds = time.perf_counter() - t0
+        bar.close()
+        return {"epoch": self.epoch + 1, "train_ll": float(ll_sum) / max(steps, 1),
+                "seconds": seconds, "steps": steps, "skipped_steps": skipped}
+
+    # -- the run -----------------------------------------------------------------
+    def run(self, log=print) -> dict:
+        cfg = self.cfg
+        if self.status == "finished":
+            log(f"run in {self.out} already finished; its record is {self.out / RECORD}")
+            return results.read_json(self.out / RECORD)
+        if getattr(self, "resumed_from", None) is not None:
+            log(f"resuming {self.out} after epoch {self.epoch}")
+        self.status = "running"
+        while self.epoch < cfg.epochs and self.status == "running":
+            metrics = self._train_epoch()
+            if self.status == "stopped_nonfinite":
+                self.total_skipped += metrics["skipped_steps"]
+                # The record says why; the checkpoint stays that of the last good epoch.
+                self._save({"error": f"{cfg.max_bad_steps} non-finite steps in a row"},
+                           checkpoint=False)
+                raise UserError(
+                    f"stopped in epoch {self.epoch + 1}: {cfg.max_bad_steps} steps in a row had a "
+                    f"non-finite loss or gradient; the last good checkpoint (epoch {self.epoch}) "
+                    f"is kept in {self.out}. Try a smaller --lr")
+            self.epoch += 1
+            self.total_skipped += metrics["skipped_steps"]
+            if self.epoch % cfg.valid_every == 0 or self.epoch == cfg.epochs:
+                v = evaluate(self.model, self.splits["valid"], cfg.valid_k, cfg.seed + 7919,
+                             self.device, cfg.progress, "valid")
+                metrics.update(valid_ll=v.mean, valid_se=v.se, valid_k=cfg.valid_k,
+                               valid_seconds=v.seconds)
+                if v.mean > self.best["valid_ll"]:
+                    self.best = {"valid_ll": v.mean, "epoch": self.epoch,
+                                 "model": copy.deepcopy(self.model.state_dict()),
+                                 "method": copy.deepcopy(self.method.own_state())}
+                    self.fails = 0
+                else:
+                    self.fails += 1
+                    if self.fails >= cfg.patience:
+                        self.status = "early_stopped"
+            self.history.append(metrics)
+            log(format_epoch(metrics))
+            self._save()
+        return self.finish(log)
+
+    def finish(self, log=print) -> dict:
+        cfg = self.cfg
+        if self.best["model"] is not None:
+            self.model.load_state_dict(self.best["model"])
+            self.method.load_own_state(self.best["method"])
+        test = evaluate(self.model, self.splits["test"], cfg.test_k, cfg.seed + 104729,
+                        self.device, cfg.progress, "test")
+        stopped = self.status
+        self.status = "finished"
+        secs = [h["seconds"] for h in self.history]
+        record = self._save({"stopped_by": "early_stopping" if stopped == "early_stopped"
+                             else "max_epochs",
+                             "test": test.summary(),
+                             "seconds_per_epoch": sum(secs) / len(secs) if secs else None})
+        log(f"test {test}  [best epoch {self.best['epoch']}, "
+            f"{record['seconds_per_epoch'] or 0:.2f} s/epoch]")
+        return record
+
+
+def format_epoch(m: dict) -> str:
+    s = f"epoch {m['epoch']:4d}  train log p^ {m['train_ll']:9.3f}  {m['seconds']:7.2f} s"
+    if "valid_ll" in m:
+        s += f"  valid log p^_{m['valid_k']} {m['valid_ll']:9.3f} +- {m['valid_se']:.3f}"
+    if m["skipped_steps"]:
+        s += f"  ({m['skipped_steps']} non-finite steps skipped)"
+    return s
+
+
+def train(cfg: TrainConfig, out: str | Path, log=print) -> dict:
+    return Trainer(cfg, out).run(log)
