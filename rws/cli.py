@@ -13,6 +13,13 @@ from pathlib import Path
 from rws.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (plus where to look), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -32,8 +39,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rws", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="rws", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model with one method; writes a checkpoint "
                        "and a result record into --out (run again to resume)")
@@ -114,12 +121,13 @@ def cmd_eval(args) -> None:
     cfg = state["config"]
     x = data.get(cfg["data"])[args.split]
     model = zoo.build(cfg["model"], x.shape[1]).to(device)
-    model.load_state_dict(state["model"])
+    best = state.get("best") or {}
+    model.load_state_dict(best.get("model") or state["model"])   # the best validated epoch
     g = torch.Generator(device=device).manual_seed(args.seed)
     from rws import estimate
     r = estimate.log_likelihood(model, x, args.K, generator=g, rows=args.rows, device=device,
                                 progress=not args.no_progress, desc=args.split)
-    print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {state['epoch']}): {r}"
+    print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {best.get('epoch') or state['epoch']}): {r}"
           f"  [{r.seconds:.1f} s]")
     if args.json_out:
         results.write_json(Path(args.json_out), {

@@ -112,7 +112,7 @@ def _download(info: DatasetInfo, dest: Path) -> None:
                 f"data set '{info.name}' is not shipped and could not be downloaded from {url} "
                 f"({e}); without network, put {info.name}.npz (uint8 arrays train/valid/test) "
                 f"into {dest.parent} or set RWS_DATA_DIR") from None
-        arrays[split] = np.loadtxt(text.splitlines(), dtype=np.float64).astype(np.uint8)
+        arrays[split] = np.loadtxt(text.splitlines(), dtype=np.float64, ndmin=2).astype(np.uint8)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=dest.parent, suffix=".npz", delete=False) as f:
         np.savez_compressed(f, **arrays)

@@ -44,9 +44,11 @@ def wake_theta_loss(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """-(logsumexp_k(log p - sg[log q]) - log K) per point: [B, K] -> [B].
     Its gradient is -sum_k w~_k grad_theta log p(x, h_k). Points with all weights -inf
     contribute 0 (and no gradient) rather than +inf."""
-    K = log_p.shape[1]
-    bound = torch.logsumexp(log_p - log_q.detach(), dim=1) - math.log(K)
-    return torch.where(torch.isfinite(bound), -bound, torch.zeros_like(bound))
+    log_w = log_p - log_q.detach()
+    possible = torch.isfinite(log_w).any(1)                        # [B]
+    safe = torch.where(possible[:, None], log_w, torch.zeros_like(log_w))  # no NaN gradient
+    bound = torch.logsumexp(safe, dim=1) - math.log(log_w.shape[1])
+    return torch.where(possible, -bound, torch.zeros_like(bound))
 
 
 def wake_phi_loss(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

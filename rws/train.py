@@ -28,7 +28,8 @@ CHECKPOINT = "checkpoint.pt"
 RECORD = "record.json"
 
 # Config keys that may change when a run is resumed (they do not change what is computed).
-RESUMABLE_CHANGES = {"epochs", "device", "threads", "progress", "test_k"}
+RESUMABLE_CHANGES = {"epochs", "device", "threads", "progress", "test_k", "max_bad_steps",
+                     "patience"}
 
 
 @dataclass
@@ -121,6 +122,7 @@ class Trainer:
         self.best = {"valid_ll": -math.inf, "epoch": 0, "model": None, "method": None}
         self.fails = 0                 # validations without improvement
         self.status = "running"
+        self.stopped_by = None         # "early_stopping" or "max_epochs" once finished
         self.total_skipped = 0
         self.record_base = {
             "schema": results.RECORD_SCHEMA,
@@ -145,6 +147,7 @@ class Trainer:
             "best": self.best,
             "fails": self.fails,
             "status": self.status,
+            "stopped_by": self.stopped_by,
             "total_skipped": self.total_skipped,
             "sample_gen": self.sample_gen.get_state(),
             "shuffle_gen": self.shuffle_gen.get_state(),
@@ -167,6 +170,7 @@ class Trainer:
         self.epoch, self.history = state["epoch"], state["history"]
         self.best, self.fails = state["best"], state["fails"]
         self.status, self.total_skipped = state["status"], state["total_skipped"]
+        self.stopped_by = state["stopped_by"]
         self.sample_gen.set_state(state["sample_gen"].cpu() if self.device.type == "cpu"
                                   else state["sample_gen"])
         self.shuffle_gen.set_state(state["shuffle_gen"].cpu())
@@ -222,12 +226,14 @@ class Trainer:
     # -- the run -----------------------------------------------------------------
     def run(self, log=print) -> dict:
         cfg = self.cfg
-        if self.status == "finished":
-            log(f"run in {self.out} already finished; its record is {self.out / RECORD}")
+        if self.status == "finished" and (self.stopped_by == "early_stopping"
+                                          or self.epoch >= cfg.epochs):
+            log(f"run in {self.out} already finished ({self.stopped_by} after epoch "
+                f"{self.epoch}); its record is {self.out / RECORD}")
             return results.read_json(self.out / RECORD)
         if getattr(self, "resumed_from", None) is not None:
             log(f"resuming {self.out} after epoch {self.epoch}")
-        self.status = "running"
+        self.status, self.stopped_by = "running", None   # a finished run given more epochs goes on
         while self.epoch < cfg.epochs and self.status == "running":
             metrics = self._train_epoch()
             if self.status == "stopped_nonfinite":
@@ -254,24 +260,29 @@ class Trainer:
                 else:
                     self.fails += 1
                     if self.fails >= cfg.patience:
-                        self.status = "early_stopped"
+                        self.status, self.stopped_by = "early_stopped", "early_stopping"
             self.history.append(metrics)
             log(format_epoch(metrics))
             self._save()
         return self.finish(log)
 
+    def best_model(self):
+        """The parameters of the best validation epoch (the last ones if never validated).
+        The checkpoint keeps the last parameters too, so a run can be continued."""
+        if self.best["model"] is None:
+            return self.model
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.best["model"])
+        return model
+
     def finish(self, log=print) -> dict:
         cfg = self.cfg
-        if self.best["model"] is not None:
-            self.model.load_state_dict(self.best["model"])
-            self.method.load_own_state(self.best["method"])
-        test = evaluate(self.model, self.splits["test"], cfg.test_k, cfg.seed + 104729,
+        test = evaluate(self.best_model(), self.splits["test"], cfg.test_k, cfg.seed + 104729,
                         self.device, cfg.progress, "test")
-        stopped = self.status
         self.status = "finished"
+        self.stopped_by = self.stopped_by or "max_epochs"
         secs = [h["seconds"] for h in self.history]
-        record = self._save({"stopped_by": "early_stopping" if stopped == "early_stopped"
-                             else "max_epochs",
+        record = self._save({"stopped_by": self.stopped_by,
                              "test": test.summary(),
                              "seconds_per_epoch": sum(secs) / len(secs) if secs else None})
         log(f"test {test}  [best epoch {self.best['epoch']}, "

@@ -1,0 +1,5 @@
+import sys
+
+from rws.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""The command line: the main job end to end, and one clear line for every bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+
+def rws(*args, check=None):
+    p = subprocess.run([sys.executable, "-m", "rws", *map(str, args)], capture_output=True,
+                       text=True, timeout=300)
+    if check is not None:
+        assert p.returncode == check, p.stderr
+    return p
+
+
+TINY = ["--data", "dna", "--model", "sbn:10", "-K", "2", "--epochs", "1", "--valid-k", "5",
+        "--test-k", "5", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    p = rws("train", *TINY, "--out", out, check=0)
+    assert "test log-likelihood (K=5)" in p.stdout
+    return out
+
+
+def test_train_writes_checkpoint_and_record(run_dir):
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "finished" and record["config"]["K"] == 2
+    assert (run_dir / "checkpoint.pt").exists()
+
+
+def test_eval_prints_log_likelihood_with_standard_error(run_dir, tmp_path):
+    p = rws("eval", run_dir / "checkpoint.pt", "-K", "50", "--no-progress",
+            "--json", tmp_path / "e.json", check=0)
+    assert "log p^_K(x) = " in p.stdout and "K=50" in p.stdout and "+-" in p.stdout
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["K"] == 50 and len(result["per_point"]) == 1186   # every dna test point
+
+
+def test_datasets_lists_every_set():
+    out = rws("datasets", check=0).stdout
+    assert "binarized_mnist" in out and "784" in out and "rcv1" in out
+
+
+def bad(args, message, code=2):
+    p = rws(*args)
+    assert p.returncode == code, (p.returncode, p.stderr)
+    assert message in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) <= 3      # one line (argparse adds usage)
+
+
+def test_unknown_data_set(tmp_path):
+    bad(["train", "--data", "mnist", "--out", tmp_path], "unknown data set 'mnist'")
+
+
+def test_unknown_model_spec(tmp_path):
+    bad(["train", "--data", "dna", "--model", "sbn200", "--out", tmp_path],
+        "cannot parse model spec 'sbn200'")
+
+
+def test_unknown_layer_family(tmp_path):
+    bad(["train", "--data", "dna", "--model", "rbm:200", "--out", tmp_path],
+        "unknown layer family 'rbm'")
+
+
+def test_unknown_method(tmp_path):
+    bad(["train", "--data", "dna", "--method", "vi", "--out", tmp_path], "unknown method 'vi'")
+
+
+@pytest.mark.parametrize("K", ["0", "-3"])
+def test_nonpositive_K(tmp_path, K):
+    bad(["train", "-K", K, "--out", tmp_path], "must be >= 1")
+
+
+def test_batch_larger_than_data(tmp_path):
+    bad(["train", "--data", "dna", "--batch-size", "5000", "--out", tmp_path],
+        "batch size 5000 is larger than the 1400")
+
+
+def test_non_binary_data_file(tmp_path):
+    path = tmp_path / "grey.npz"
+    grey = np.full((4, 5), 0.5)
+    np.savez(path, train=grey, valid=grey, test=grey)
+    bad(["train", "--data", path, "--out", tmp_path / "o"], "not exactly 0 or 1")
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    bad(["train", *TINY, "--out", blocker / "sub"], "not writable")
+
+
+def test_truncated_checkpoint(run_dir, tmp_path):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((run_dir / "checkpoint.pt").read_bytes()[:5000])
+    bad(["eval", cut], "cannot be loaded safely")
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this code ran",))
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"config": {}, "model": Payload()}, path)
+    p = rws("eval", path)
+    assert p.returncode == 2 and "cannot be loaded safely" in p.stderr
+    assert "this code ran" not in p.stdout + p.stderr
+
+
+def test_missing_checkpoint(tmp_path):
+    bad(["eval", tmp_path / "none.pt"], "does not exist")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    p = rws("train", "--data", "mnist", "--out", tmp_path, "--debug")
+    assert p.returncode == 2 and "Traceback" in p.stderr

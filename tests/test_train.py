@@ -1,0 +1,125 @@
+"""The training loop: learning happens, runs resume exactly, faults are contained."""
+import json
+
+import pytest
+import torch
+
+from rws import results
+from rws.errors import UserError
+from rws.train import TrainConfig, Trainer, evaluate
+
+
+def small_config(**kw):
+    base = dict(data="dna", model="sbn:20", method="rws", K=5, batch_size=50, epochs=3,
+                lr=3e-2, valid_k=10, test_k=10, progress=False, threads=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def quiet(*_):
+    pass
+
+
+def test_brief_training_raises_validation_log_likelihood(tmp_path):
+    trainer = Trainer(small_config(), tmp_path)
+    before = evaluate(trainer.model, trainer.splits["valid"], 10, 0, trainer.device).mean
+    record = trainer.run(quiet)
+    after = record["epochs"][-1]["valid_ll"]
+    assert after > before + 2, (before, after)   # dna: -101.9 -> -97.8
+    assert record["status"] == "finished" and record["test"]["K"] == 10
+    assert all(e["seconds"] > 0 for e in record["epochs"])
+
+
+def test_record_and_checkpoint_are_complete(tmp_path):
+    Trainer(small_config(epochs=2), tmp_path).run(quiet)
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["config"]["model"] == "sbn:20" and record["seed"] == 0
+    for key in ("python", "torch", "git_commit", "device", "torch_threads"):
+        assert key in record["environment"]
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2]
+    for key in ("train_ll", "valid_ll", "seconds"):
+        assert key in record["epochs"][0]
+    assert {"ll", "se", "K", "ess_mean"} <= set(record["test"])
+    state = results.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 2 and state["best"]["model"] is not None
+
+
+def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
+    straight = Trainer(small_config(epochs=3), tmp_path / "a")
+    straight.run(quiet)
+    Trainer(small_config(epochs=2), tmp_path / "b").run(quiet)     # stops after 2 epochs
+    resumed = Trainer(small_config(epochs=3), tmp_path / "b")       # asked for one more
+    assert resumed.epoch == 2
+    resumed.run(quiet)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    a = json.loads((tmp_path / "a" / "record.json").read_text())["epochs"]
+    b = json.loads((tmp_path / "b" / "record.json").read_text())["epochs"]
+    assert [e["train_ll"] for e in a] == [e["train_ll"] for e in b]
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    Trainer(small_config(epochs=1), tmp_path).run(quiet)
+    with pytest.raises(UserError, match="different config.*K: 5 -> 7"):
+        Trainer(small_config(epochs=2, K=7), tmp_path)
+
+
+def test_finished_run_is_not_retrained(tmp_path):
+    Trainer(small_config(epochs=1), tmp_path).run(quiet)
+    lines = []
+    Trainer(small_config(epochs=1), tmp_path).run(lines.append)
+    assert "already finished" in lines[0]
+
+
+def test_early_stopping_restores_the_best_parameters(tmp_path):
+    # a learning rate this large makes validation worse after the first epoch or two
+    trainer = Trainer(small_config(epochs=8, lr=0.3, patience=2), tmp_path)
+    record = trainer.run(quiet)
+    valid = [e["valid_ll"] for e in record["epochs"]]
+    best = max(range(len(valid)), key=valid.__getitem__)
+    assert record["best_epoch"] == best + 1
+    if record["stopped_by"] == "early_stopping":
+        assert len(valid) == best + 1 + 2
+    # the test set is scored with the best epoch's parameters, not the last
+    model = trainer.best_model()
+    state = results.load_checkpoint(tmp_path / "checkpoint.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["best"]["model"][k])
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    trainer = Trainer(small_config(epochs=1), tmp_path)
+    real_loss = trainer.method.loss
+    calls = {"n": 0}
+
+    def sometimes_nan(x, g):
+        loss, stats = real_loss(x, g)
+        calls["n"] += 1
+        return (loss * float("nan"), stats) if calls["n"] % 4 == 0 else (loss, stats)
+
+    monkeypatch.setattr(trainer.method, "loss", sometimes_nan)
+    record = trainer.run(quiet)
+    assert record["skipped_steps"] == 28 // 4 == record["epochs"][0]["skipped_steps"]
+    assert record["epochs"][0]["steps"] == 28 - 7
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_a_run_of_nonfinite_steps_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    Trainer(small_config(epochs=1), tmp_path).run(quiet)
+    good = results.load_checkpoint(tmp_path / "checkpoint.pt")
+    trainer = Trainer(small_config(epochs=2, max_bad_steps=3), tmp_path)
+    monkeypatch.setattr(trainer.method, "loss",
+                        lambda x, g: (torch.tensor(float("inf"), requires_grad=True), {}))
+    with pytest.raises(UserError, match="3 steps in a row had a non-finite"):
+        trainer.run(quiet)
+    kept = results.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert kept["epoch"] == good["epoch"] == 1
+    for k, v in good["model"].items():
+        assert torch.equal(v, kept["model"][k])
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["status"] == "stopped_nonfinite" and "non-finite" in record["error"]
+
+
+def test_batch_larger_than_data_is_refused(tmp_path):
+    with pytest.raises(UserError, match="batch size 5000 is larger than the 1400"):
+        Trainer(small_config(batch_size=5000), tmp_path)
