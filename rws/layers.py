@@ -111,3 +111,237 @@ class SBN(BernoulliLayer):
 
     def logits(self, y):
         return F.linear(y, self.W, self.b)  # [N, n_x]
+
+
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+
+class MLP(nn.Module):
+    """Deterministic hidden layers y -> act(... act(y U_1 + a_1) ...), REF's initialisation
+    (default_weights, biases -1) or Glorot's (biases 0)."""
+
+    def __init__(self, n_in: int, hidden: tuple[int, ...], act: str, init: str = "ref"):
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{act}' (sigmoid or tanh)")
+        self.act = ACTIVATIONS[act]
+        self.linears = nn.ModuleList()
+        for n_out in hidden:
+            lin = nn.Linear(n_in, n_out)
+            init_linear(lin, init)
+            self.linears.append(lin)
+            n_in = n_out
+        self.n_out = n_in
+
+    def forward(self, y):
+        for lin in self.linears:
+            y = self.act(lin(y))
+        return y
+
+
+def init_linear(lin: nn.Linear, init: str, bias: float = -1.0) -> None:
+    with torch.no_grad():
+        n_out, n_in = lin.weight.shape
+        if init == "ref":
+            lin.weight.copy_(default_weights(n_in, n_out))
+            lin.bias.fill_(bias)
+        elif init == "glorot":
+            nn.init.xavier_uniform_(lin.weight)
+            lin.bias.zero_()
+        else:
+            raise ValueError(f"unknown init '{init}' (ref or glorot)")
+
+
+class DSBN(BernoulliLayer):
+    """SBN with deterministic hidden layers (REF's DSBN has one):
+    d = g(y U + a);  p(x_j = 1 | y) = sigmoid((d W)_j + b_j),  g = sigmoid or tanh.
+    hidden: widths of the deterministic layers (default one of (n_x + n_y) // 2)."""
+
+    def __init__(self, n_x: int, n_y: int, hidden: tuple[int, ...] | None = None,
+                 act: str = "sigmoid", init: str = "ref", clamp: bool = False):
+        super().__init__()
+        self.n_x, self.n_y, self.clamp = n_x, n_y, clamp
+        self.mlp = MLP(n_y, hidden or ((n_x + n_y) // 2,), act, init)
+        self.out = nn.Linear(self.mlp.n_out, n_x)
+        init_linear(self.out, init)
+
+    def logits(self, y):
+        return self.out(self.mlp(y))
+
+
+class DARN(nn.Module):
+    """Autoregressive SBN (Gregor et al. 2014), top prior (n_y = 0) or conditional:
+    p(x_j = 1 | x_<j, y) = sigmoid(b_j + (y U)_j + sum_{i<j} x_i W_ij).
+
+    log_prob is one masked matrix multiply, x (W * M) with M_ij = 1 iff i < j (strictly
+    upper triangular). Sampling runs over j in the same order, batched over all rows
+    (REF's fast log_prob used the transposed mask and so scored another distribution
+    than it sampled; algorithms.md §11.1).
+    """
+
+    def __init__(self, n_x: int, n_y: int = 0, clamp: bool = False):
+        super().__init__()
+        self.n_x, self.n_y, self.clamp = n_x, n_y, clamp
+        self.b = nn.Parameter(torch.zeros(n_x))
+        scale = 0.5 if n_y == 0 else 1.0
+        self.W = nn.Parameter(scale * default_weights(n_x, n_x, (n_x, n_x)))   # [in i, out j]
+        self.register_buffer("mask", torch.triu(torch.ones(n_x, n_x), 1), persistent=False)
+        self.U = nn.Parameter(default_weights(n_y, n_x, (n_y, n_x))) if n_y else None
+
+    def _base(self, y, n):
+        """b + y U, repeated n times per row: [N*n, n_x] (top: [n, n_x])."""
+        if y is None or self.U is None:
+            return self.b.expand(n, -1)
+        return repeat_rows(y @ self.U + self.b, n)
+
+    def log_prob(self, x, y=None):
+        logits = self._base(y, 1 if y is not None else x.shape[0]) + x @ (self.W * self.mask)
+        return bernoulli_log_prob(logits, x, self.clamp)
+
+    def sample(self, y, n=1, generator=None):
+        with torch.no_grad():
+            acc = self._base(y, n).clone()                 # running logits [N*n, n_x]
+            Wm = self.W * self.mask
+            x = torch.zeros_like(acc)
+            for j in range(self.n_x):
+                x[:, j] = bernoulli_sample(acc[:, j], generator, self.clamp)
+                acc += x[:, j:j + 1] * Wm[j]               # unit j feeds units > j
+        y_rep = None if y is None else repeat_rows(y, n)
+        return x, self.log_prob(x, y_rep)
+
+
+class DARNTop(DARN):
+    def __init__(self, n_x: int, clamp: bool = False):
+        super().__init__(n_x, 0, clamp)
+
+
+class NADE(nn.Module):
+    """NADE (Larochelle & Murray 2011), top prior (n_y = 0) or conditional:
+    a_i = c' + sum_{m<i} x_m W_m,   p(x_i = 1 | x_<i, y) = sigmoid(b'_i + sigmoid(a_i) . V_:,i)
+    with b' = b + y U_b and c' = c + y U_c for a conditional layer.
+
+    log_prob is vectorised over units with an exclusive cumulative sum, [rows, n_x, H]
+    of working memory, in chunks of rows; sampling runs over units, batched over rows.
+    hidden: H (default n_x for a top prior, min(n_x, n_y) otherwise).
+    """
+
+    chunk_bytes = 2 ** 27   # working memory per chunk of rows in log_prob
+
+    def __init__(self, n_x: int, n_y: int = 0, hidden: int | None = None, clamp: bool = False):
+        super().__init__()
+        H = hidden or (n_x if n_y == 0 else min(n_x, n_y))
+        self.n_x, self.n_y, self.H, self.clamp = n_x, n_y, H, clamp
+        self.b = nn.Parameter(torch.zeros(n_x))
+        self.c = nn.Parameter(torch.zeros(H))
+        self.W = nn.Parameter(default_weights(n_x, H, (n_x, H)))
+        self.V = nn.Parameter(default_weights(H, n_x, (H, n_x)))
+        if n_y:
+            self.Ub = nn.Parameter(default_weights(n_y, n_x, (n_y, n_x)))
+            self.Uc = nn.Parameter(default_weights(n_y, H, (n_y, H)))
+
+    def _biases(self, y, n):
+        """(b' [N*n, n_x], c' [N*n, H]); a top prior gives n rows."""
+        if y is None or not self.n_y:
+            return self.b.expand(n, -1), self.c.expand(n, -1)
+        return repeat_rows(y @ self.Ub + self.b, n), repeat_rows(y @ self.Uc + self.c, n)
+
+    def log_prob(self, x, y=None):
+        b, c = self._biases(y, 1 if y is not None else x.shape[0])
+        rows = max(1, self.chunk_bytes // (4 * self.n_x * self.H))
+        out = []
+        for s in range(0, x.shape[0], rows):
+            xs = x[s:s + rows]
+            a = torch.cumsum(xs[:, :, None] * self.W, 1) - xs[:, :, None] * self.W  # exclusive
+            a = a + c[s:s + rows, None, :]                                          # [r, n_x, H]
+            logits = b[s:s + rows] + (torch.sigmoid(a) * self.V.T).sum(-1)          # [r, n_x]
+            out.append(bernoulli_log_prob(logits, xs, self.clamp))
+        return torch.cat(out)
+
+    def sample(self, y, n=1, generator=None):
+        with torch.no_grad():
+            b, c = self._biases(y, n)
+            a = c.clone()                                  # [N*n, H]
+            x = torch.zeros_like(b)
+            for i in range(self.n_x):
+                logit = b[:, i] + torch.sigmoid(a) @ self.V[:, i]
+                x[:, i] = bernoulli_sample(logit, generator, self.clamp)
+                a += x[:, i:i + 1] * self.W[i]
+        y_rep = None if y is None else repeat_rows(y, n)
+        return x, self.log_prob(x, y_rep)
+
+
+class NADETop(NADE):
+    def __init__(self, n_x: int, hidden: int | None = None, clamp: bool = False):
+        super().__init__(n_x, 0, hidden, clamp)
+
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def normal_log_prob(z, mu, log_sigma):
+    """sum_i log N(z_i | mu_i, sigma_i^2): [..., n] -> [...]."""
+    return (-0.5 * ((z - mu) * torch.exp(-log_sigma)) ** 2 - log_sigma - 0.5 * LOG_2PI).sum(-1)
+
+
+class Gaussian(nn.Module):
+    """Diagonal Gaussian z | y ~ N(mu(y), diag sigma(y)^2) with tanh hidden layers
+    (the VAE/IWAE inference and generative layers of Burda et al. 2016; sigma = exp(linear)).
+
+    sample(..., reparam=True) keeps the pathwise gradient z = mu + sigma * eps; otherwise
+    the sample is detached like every discrete sample.
+    """
+
+    reparameterizable = True
+
+    def __init__(self, n_x: int, n_y: int, hidden: tuple[int, ...] = (200, 200),
+                 act: str = "tanh", init: str = "glorot"):
+        super().__init__()
+        self.n_x, self.n_y = n_x, n_y
+        self.mlp = MLP(n_y, hidden, act, init)
+        self.mu = nn.Linear(self.mlp.n_out, n_x)
+        self.log_sigma = nn.Linear(self.mlp.n_out, n_x)
+        init_linear(self.mu, init)
+        init_linear(self.log_sigma, init)
+
+    def params(self, y):
+        d = self.mlp(y)
+        return self.mu(d), self.log_sigma(d)
+
+    def log_prob(self, x, y=None):
+        mu, log_sigma = self.params(y)
+        return normal_log_prob(x, mu, log_sigma)
+
+    def sample(self, y, n=1, generator=None, reparam=False):
+        mu, log_sigma = self.params(y)
+        mu, log_sigma = repeat_rows(mu, n), repeat_rows(log_sigma, n)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + torch.exp(log_sigma) * eps
+        if not reparam:
+            z = z.detach()
+        return z, normal_log_prob(z, mu, log_sigma)
+
+
+class StandardNormal(nn.Module):
+    """The fixed prior z ~ N(0, I) (no parameters)."""
+
+    reparameterizable = True
+
+    def __init__(self, n_x: int):
+        super().__init__()
+        self.n_x, self.n_y = n_x, 0
+        self.register_buffer("zero", torch.zeros(()), persistent=False)
+
+    def log_prob(self, x, y=None):
+        return (-0.5 * x ** 2 - 0.5 * LOG_2PI).sum(-1)
+
+    def sample(self, y, n=1, generator=None, reparam=False):
+        z = torch.randn((n, self.n_x), generator=generator, device=self.zero.device)
+        return z, self.log_prob(z)
+
+
+class MLPBernoulli(DSBN):
+    """The VAE/IWAE decoder's last stage: Bernoulli x given tanh MLP features of z
+    (hidden (200, 200), Glorot initialisation, as in Burda et al. 2016)."""
+
+    def __init__(self, n_x: int, n_y: int, hidden: tuple[int, ...] = (200, 200)):
+        super().__init__(n_x, n_y, hidden, act="tanh", init="glorot")

@@ -15,7 +15,10 @@ def data_points(n_data=5, n=6, seed=0):
     return torch.bernoulli(torch.full((n, n_data), 0.5), generator=g)
 
 
-@pytest.mark.parametrize("spec", ["sbn:3", "sbn:3-2", "sbn:2-2-2"])
+@pytest.mark.parametrize("spec", [
+    "sbn:3", "sbn:3-2", "sbn:2-2-2", "darn:3-2", "nade[hidden=3]:3-2", "dsbn[hidden=4]:3-2",
+    "dsbn[hidden=3-3,act=tanh]:2-2", "sbn/nade[hidden=2]:3", "nade/sbn:2-2", "darn/dsbn:3",
+    "sbn[clamp=1]/sbn:3"])
 def test_estimate_converges_to_exact_log_likelihood(spec):
     model = tiny_model(spec, q_scale=0.3)   # a broad q: light-tailed weights
     x = data_points()
@@ -113,3 +116,17 @@ def test_all_minus_inf_weights_give_minus_inf_not_nan():
     acc.add(torch.tensor([[-math.inf, -math.inf], [0.0, 0.0]]))
     assert acc.log_mean()[0] == -math.inf and acc.log_mean()[1] == pytest.approx(0.0)
     assert acc.ess().tolist() == [0.0, pytest.approx(2.0)]
+
+
+def test_gaussian_latent_estimate_converges_to_quadrature():
+    """One Gaussian latent: log p(x) = log integral N(z; 0, 1) p(x | z) dz by a dense grid."""
+    model = tiny_model("gauss[hidden=3]:1", q_scale=0.3)
+    x = data_points()
+    z = torch.linspace(-12, 12, 24001)[:, None]
+    with torch.no_grad():
+        log_prior = model.p_layers[1].log_prob(z)                                  # [G]
+        log_lik = torch.stack([model.p_layers[0].log_prob(xb.expand(len(z), -1), z)
+                               for xb in x])                                        # [B, G]
+        exact = torch.logsumexp(log_prior + log_lik, 1) + math.log(z[1, 0] - z[0, 0])
+    r = estimate.log_likelihood(model, x, 20000, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(r.per_point, exact.double(), atol=0.02)

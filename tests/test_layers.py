@@ -12,10 +12,19 @@ N_X, N_Y = 4, 3
 TOP_LAYERS = {
     "sbn_top": lambda: layers.SBNTop(N_X),
     "sbn_top_clamped": lambda: layers.SBNTop(N_X, clamp=True),
+    "darn_top": lambda: layers.DARNTop(N_X),
+    "nade_top": lambda: layers.NADETop(N_X, hidden=3),
+    "nade_top_clamped": lambda: layers.NADETop(N_X, hidden=5, clamp=True),
 }
 COND_LAYERS = {
     "sbn": lambda: layers.SBN(N_X, N_Y),
     "sbn_clamped": lambda: layers.SBN(N_X, N_Y, clamp=True),
+    "dsbn_sigmoid": lambda: layers.DSBN(N_X, N_Y, hidden=(5,)),
+    "dsbn_tanh_deep": lambda: layers.DSBN(N_X, N_Y, hidden=(5, 3), act="tanh"),
+    "darn": lambda: layers.DARN(N_X, N_Y),
+    "darn_clamped": lambda: layers.DARN(N_X, N_Y, clamp=True),
+    "nade": lambda: layers.NADE(N_X, N_Y, hidden=3),
+    "mlp_bernoulli": lambda: layers.MLPBernoulli(N_X, N_Y, hidden=(6, 6)),
 }
 
 
@@ -83,18 +92,17 @@ def test_conditional_samples_follow_log_prob(name):
 
 @pytest.mark.parametrize("name", COND_LAYERS)
 def test_sample_layout_is_interleaved(name):
-    """n samples per context row come out consecutively: row i*n + k belongs to row i."""
-    layer = randomised(COND_LAYERS[name], seed=3, scale=8.0)   # near-deterministic units
-    ys = contexts()[[1, 6]]
-    g = torch.Generator().manual_seed(0)
+    """n samples per context row come out consecutively: rows [i*n, (i+1)*n) are drawn
+    given context i, so they score higher under context i than under the other one."""
+    layer = randomised(COND_LAYERS[name], seed=3, scale=1.5)
+    ys = contexts()[[0, 7]]
+    n = 2000
     with torch.no_grad():
-        x, _ = layer.sample(ys, 5, g)
-        x0, _ = layer.sample(ys[:1], 5, g)
-    assert x.shape == (10, N_X)
-    mode0 = (layer.log_prob(X := all_states(N_X), ys[0].expand(len(X), -1))).argmax()
-    # the first 5 rows follow context 0's (near-certain) mode, as a separate draw does
-    assert (x[:5] == X[mode0]).float().mean() > 0.9
-    assert (x0 == X[mode0]).float().mean() > 0.9
+        x, _ = layer.sample(ys, n, torch.Generator().manual_seed(0))
+        under = [layer.log_prob(x, y.expand(len(x), -1)) for y in ys]   # [2n] each
+    assert x.shape == (2 * n, N_X)
+    assert under[0][:n].mean() > under[1][:n].mean()
+    assert under[1][n:].mean() > under[0][n:].mean()
 
 
 def test_log_prob_is_finite_for_extreme_logits():
@@ -113,3 +121,63 @@ def test_clamped_log_prob_is_bounded_below():
         layer.W.fill_(100.0)
     lp = layer.log_prob(torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0]]))
     assert lp.item() > 2 * -12.3
+
+
+def test_darn_conditions_each_unit_on_earlier_units_only():
+    """A hand-computed DARN: p(x_1) uses b_1 only, p(x_2 | x_1) uses W_12 (i < j)."""
+    layer = layers.DARNTop(2)
+    with torch.no_grad():
+        layer.b.copy_(torch.tensor([0.3, -0.2]))
+        layer.W.copy_(torch.tensor([[9.0, 1.5], [-7.0, 9.0]]))   # only W[0, 1] may act
+    x = torch.tensor([[1.0, 1.0]])
+    expected = torch.nn.functional.logsigmoid(torch.tensor(0.3)) + \
+        torch.nn.functional.logsigmoid(torch.tensor(-0.2 + 1.5))
+    assert layer.log_prob(x).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_nade_log_prob_matches_its_definition_unit_by_unit():
+    layer = randomised(lambda: layers.NADE(N_X, N_Y, hidden=3), seed=7)
+    x, y = all_states(N_X)[[5, 10]], contexts()[[2, 7]]
+    b = layer.b + y @ layer.Ub
+    a = layer.c + y @ layer.Uc
+    expected = torch.zeros(2)
+    for i in range(N_X):
+        p1 = torch.sigmoid(b[:, i] + torch.sigmoid(a) @ layer.V[:, i])
+        expected += torch.log(torch.where(x[:, i] == 1, p1, 1 - p1))
+        a = a + x[:, i:i + 1] * layer.W[i]
+    assert torch.allclose(layer.log_prob(x, y), expected, atol=1e-5)
+
+
+def test_nade_log_prob_is_the_same_in_chunks(monkeypatch):
+    layer = randomised(lambda: layers.NADE(N_X, N_Y, hidden=3), seed=8)
+    X = all_states(N_X).repeat(3, 1)
+    Y = contexts()[torch.arange(len(X)) % 8]
+    whole = layer.log_prob(X, Y)
+    monkeypatch.setattr(layers.NADE, "chunk_bytes", 4 * N_X * 3 * 5)   # 5 rows a chunk
+    assert torch.allclose(layer.log_prob(X, Y), whole, atol=1e-6)
+
+
+def test_gaussian_log_prob_is_the_normal_density():
+    torch.manual_seed(0)
+    layer = layers.Gaussian(3, N_Y, hidden=(4,))
+    y, z = torch.randn(5, N_Y), torch.randn(5, 3)
+    mu, log_sigma = layer.params(y)
+    expected = torch.distributions.Normal(mu, log_sigma.exp()).log_prob(z).sum(-1)
+    assert torch.allclose(layer.log_prob(z, y), expected, atol=1e-5)
+    prior = layers.StandardNormal(3)
+    assert torch.allclose(prior.log_prob(z),
+                          torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1), atol=1e-6)
+
+
+def test_gaussian_samples_have_the_layer_moments_and_reparameterise():
+    torch.manual_seed(0)
+    layer = layers.Gaussian(2, N_Y, hidden=(4,))
+    y = torch.randn(1, N_Y)
+    z, log_q = layer.sample(y, 50000, torch.Generator().manual_seed(0))
+    mu, log_sigma = layer.params(y)
+    assert torch.allclose(z.mean(0), mu[0].detach(), atol=0.03)
+    assert torch.allclose(z.std(0), log_sigma[0].exp().detach(), rtol=0.03)
+    assert not z.requires_grad                                # detached by default
+    zr, _ = layer.sample(y, 4, torch.Generator().manual_seed(0), reparam=True)
+    zr.sum().backward()
+    assert layer.mu.weight.grad is not None                   # pathwise gradient

@@ -123,3 +123,13 @@ def test_a_run_of_nonfinite_steps_stops_and_keeps_the_last_good_checkpoint(tmp_p
 def test_batch_larger_than_data_is_refused(tmp_path):
     with pytest.raises(UserError, match="batch size 5000 is larger than the 1400"):
         Trainer(small_config(batch_size=5000), tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["sbn:10-10-5", "dsbn[hidden=20]:10", "darn:10",
+                                  "nade[hidden=10]:10", "sbn/nade[hidden=10]:10",
+                                  "gauss[hidden=20]:5"])
+def test_every_family_learns(tmp_path, spec):
+    trainer = Trainer(small_config(data="mushrooms", model=spec, epochs=3), tmp_path)
+    before = evaluate(trainer.model, trainer.splits["valid"], 10, 0, trainer.device).mean
+    valid = [e["valid_ll"] for e in trainer.run(quiet)["epochs"]]
+    assert valid[-1] > before + 10 and valid[-1] > valid[0], (before, valid)

@@ -1,0 +1,45 @@
+"""The Helmholtz machine: dreams follow p(x, h); K samples are laid out per point."""
+import pytest
+import torch
+from scipy import stats
+
+from tests.conftest import tiny_model
+from tests.exact import all_states, latent_grid
+
+
+@pytest.mark.parametrize("spec", ["sbn:2-1", "darn:2-1", "nade[hidden=2]:2-1", "dsbn[hidden=3]:2"])
+def test_dreams_follow_the_joint_distribution(spec):
+    model = tiny_model(spec, n_data=3, seed=2)
+    n = 60000
+    with torch.no_grad():
+        dreams = model.sample_p(n, torch.Generator().manual_seed(0))
+        joint = torch.cat(dreams, 1)                                    # [n, D + latents]
+        width = joint.shape[1]
+        codes = (joint * 2 ** torch.arange(width - 1, -1, -1)).sum(1).long()
+        observed = torch.bincount(codes, minlength=2 ** width).double()
+        states = all_states(width)
+        splits = torch.split(states, model.sizes, 1)
+        log_p = torch.stack(model.log_p_layers(list(splits))).sum(0)
+    expected = log_p.double().exp() * n
+    assert expected.sum().item() == pytest.approx(n, rel=1e-5)        # p sums to one
+    expected *= n / expected.sum()                                       # float rounding
+    assert stats.chisquare(observed.numpy(), expected.numpy()).pvalue > 1e-4
+
+
+def test_proposals_are_laid_out_point_by_point():
+    model = tiny_model("sbn:3-2", seed=1)
+    x = all_states(5)[[3, 17, 30]]
+    hs, log_q = model.sample_q(x, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(hs[0], x.repeat_interleave(4, 0))               # row b*K + k is x_b
+    assert [h.shape for h in hs] == [(12, 5), (12, 3), (12, 2)]
+    # each proposal's log q is that of its own point
+    recomputed = torch.stack(model.log_q_layers(hs)).sum(0)
+    assert torch.allclose(torch.stack(log_q).sum(0), recomputed, atol=1e-6)
+    log_p, lq = model.log_joint(x, 4, torch.Generator().manual_seed(0))
+    assert log_p.shape == lq.shape == (3, 4)
+
+
+def test_latent_grid_covers_every_state_once():
+    model = tiny_model("sbn:2-3")
+    grid = torch.cat(latent_grid(model), 1)
+    assert grid.shape == (32, 5) and torch.unique(grid, dim=0).shape[0] == 32
