@@ -48,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered data set (see `rws datasets`) or a path to an .npz")
     t.add_argument("--model", default="sbn:200",
                    help="model spec, e.g. sbn:200, sbn:200-200-10, sbn/nade:200")
-    t.add_argument("--method", default="rws", help="training method (default rws)")
-    t.add_argument("-K", "--samples", dest="K", type=_positive_int, default=5,
-                   help="samples per data point per update (default 5)")
+    t.add_argument("--method", default="rws",
+                   help="training method: rws (default), ws, nvil, vimco, vae, iwae")
+    t.add_argument("-K", "--samples", dest="K", type=_positive_int, default=None,
+                   help="samples per data point per update (default: the method's, "
+                        "5 for rws, vimco and iwae, 1 for ws, nvil and vae)")
     t.add_argument("--batch-size", type=_positive_int, default=100)
     t.add_argument("--epochs", type=_positive_int, default=10)
     t.add_argument("--lr", type=float, default=1e-3)
@@ -72,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rws: no sleep-phase update of Q")
     t.add_argument("--n-dreams", type=_positive_int, default=None,
                    help="rws/ws: dreams per sleep update (default: the batch size)")
+    t.add_argument("-O", "--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option of the method, e.g. -O alpha=0.9 -O normalise=false "
+                        "(nvil), -O analytic_kl=false (vae)")
     t.add_argument("--out", required=True, help="output directory of the run")
     _add_common(t)
 
@@ -92,10 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _literal(text: str):
+    """'true'/'false' -> bool, numbers -> int/float, anything else stays a string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
 def cmd_train(args) -> None:
     from rws.train import TrainConfig, train
     options = {k: getattr(args, k) for k in ("wake_q", "sleep_q", "n_dreams")
                if getattr(args, k) is not None}
+    for item in args.method_option:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"-O expects KEY=VALUE, got '{item}'")
+        options[key.strip()] = _literal(value.strip())
     cfg = TrainConfig(data=args.data, model=args.model, method=args.method, K=args.K,
                       batch_size=args.batch_size, epochs=args.epochs, lr=args.lr,
                       optimizer=args.optimizer, seed=args.seed, device=args.device,

@@ -18,6 +18,11 @@ from rws.errors import UserError
 # name -> "module:Class"; imported on first use so baselines stay optional reading.
 REGISTRY = {
     "rws": "rws.rws:RWS",
+    "ws": "baselines.wake_sleep:WakeSleep",
+    "nvil": "baselines.nvil:NVIL",
+    "vimco": "baselines.vimco:VIMCO",
+    "vae": "baselines.vae:VAE",
+    "iwae": "baselines.vae:IWAE",
 }
 
 
@@ -25,6 +30,7 @@ class Method(nn.Module):
     """Base class. Subclasses implement ``loss``."""
 
     name = "?"
+    default_K = 1          # samples per point when the user gives none
 
     def __init__(self, model: nn.Module, K: int):
         super().__init__()
@@ -32,6 +38,14 @@ class Method(nn.Module):
             raise UserError(f"K (samples per data point) must be >= 1, got {K}")
         self.model = model  # registered as a submodule; state_dict() excludes it below
         self.K = K
+
+    @staticmethod
+    def require_reparameterizable(method: str, model) -> None:
+        if not model.reparameterizable:
+            raise UserError(f"method '{method}' needs reparameterisable (Gaussian) latents, but "
+                            f"model '{model.spec}' has discrete latents; use a Gaussian model "
+                            "such as --model gauss:50, or a score-function method (rws, ws, "
+                            "nvil, vimco)")
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None):
         """x [B, D] float -> (scalar loss to minimise, {'train_ll': [] detached estimate})."""
@@ -52,13 +66,17 @@ class Method(nn.Module):
         self.load_state_dict({**self.model.state_dict(prefix="model."), **state})
 
 
-def build(name: str, model: nn.Module, K: int, **options) -> Method:
-    """Construct method ``name``. Options left as None are dropped; an option set by the
-    user that the method does not take is an error."""
+def method_class(name: str) -> type:
     if name not in REGISTRY:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(REGISTRY)}")
     module, cls_name = REGISTRY[name].split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
+    return getattr(importlib.import_module(module), cls_name)
+
+
+def build(name: str, model: nn.Module, K: int, **options) -> Method:
+    """Construct method ``name``. Options left as None are dropped; an option set by the
+    user that the method does not take is an error."""
+    cls = method_class(name)
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {}
     for key, value in options.items():

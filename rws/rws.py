@@ -76,6 +76,7 @@ class RWS(Method):
     """
 
     name = "rws"
+    default_K = 5
 
     def __init__(self, model, K: int = 5, wake_q: bool = True, sleep_q: bool = True,
                  n_dreams: int | None = None):

@@ -37,7 +37,7 @@ class TrainConfig:
     data: str = "binarized_mnist"
     model: str = "sbn:200"
     method: str = "rws"
-    K: int = 5
+    K: int | None = None        # samples per point per update; None: the method's default
     batch_size: int = 100
     epochs: int = 10
     lr: float = 1e-3
@@ -54,6 +54,8 @@ class TrainConfig:
     method_options: dict = field(default_factory=dict)  # e.g. {"wake_q": False}
 
     def check(self) -> None:
+        if self.K is None:
+            self.K = methods.method_class(self.method).default_K
         for name in ("K", "batch_size", "epochs", "valid_every", "valid_k", "test_k",
                      "patience", "max_bad_steps"):
             if getattr(self, name) < 1:

@@ -1,0 +1,35 @@
+"""Classical wake-sleep (Hinton, Dayan, Frey & Neal, Science 1995).
+
+    wake:   h ~ q(h | x),          theta += grad_theta log p(x, h)
+    sleep:  (x, h) ~ p(x, h),      phi   += grad_phi log q(h | x)
+
+One sample per point; Q learns only from P's dreams. It is RWS with K = 1 and wake-Q
+off (with one sample the normalised weight is 1), which a test checks against
+``rws.rws.RWS``; this module computes it directly.
+"""
+from __future__ import annotations
+
+import torch
+
+from rws.errors import UserError
+from rws.methods import Method
+
+
+class WakeSleep(Method):
+    name = "ws"
+    default_K = 1
+
+    def __init__(self, model, K: int = 1, n_dreams: int | None = None):
+        super().__init__(model, K)
+        if K != 1:
+            raise UserError(f"ws (classical wake-sleep) draws one sample per point, got K={K}; "
+                            "drop -K, or use --method rws --no-wake-q for K samples")
+        self.n_dreams = n_dreams
+
+    def loss(self, x, generator=None):
+        hs, log_q = self.model.sample_q(x, 1, generator)
+        log_p = torch.stack(self.model.log_p_layers(hs)).sum(0)                  # [B]
+        dreams = self.model.sample_p(self.n_dreams or x.shape[0], generator)
+        log_q_dream = torch.stack(self.model.log_q_layers(dreams)).sum(0)        # [n]
+        train_ll = (log_p - torch.stack(log_q).sum(0)).detach().mean()          # K=1 bound
+        return -log_p.mean() - log_q_dream.mean(), {"train_ll": train_ll}
