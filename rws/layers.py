@@ -26,6 +26,7 @@ from torch import nn
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
     """sum_i log Bern(x_i | sigmoid(a_i)) over the last axis: [..., D] -> [...].
+    logits broadcast against x; softplus runs on the logits as given (not broadcast).
 
     clamp: the original code's ``clamp_sigmoid``, p = 0.9999 sigmoid(a) + 5e-6, which
     bounds each unit's log-probability below by about -12.2.
@@ -33,7 +34,8 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, clamp: bool = Fals
     if clamp:
         p = 0.9999 * torch.sigmoid(logits) + 5e-6
         return (x * torch.log(p) + (1 - x) * torch.log1p(-p)).sum(-1)
-    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    # two reductions are faster than the fused BCE kernel on CPU (measured 0.7 vs 0.9-3.4 ns/elt)
+    return (x * logits).sum(-1) - F.softplus(logits).sum(-1)
 
 
 def bernoulli_sample(logits: torch.Tensor, generator: torch.Generator | None,
@@ -43,7 +45,9 @@ def bernoulli_sample(logits: torch.Tensor, generator: torch.Generator | None,
         p = torch.sigmoid(logits)
         if clamp:
             p = 0.9999 * p + 5e-6
-        return torch.bernoulli(p, generator=generator)
+        # u < p with u ~ U(0, 1): 4x faster than torch.bernoulli on CPU
+        u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+        return (u < p).to(p.dtype)
 
 
 def default_weights(n_in: int, n_out: int, shape: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -61,7 +65,9 @@ class BernoulliLayer(nn.Module):
     """Base of layers whose units are Bernoulli given one vector of logits.
 
     Subclasses define ``logits(y) -> [N, n_x]`` (y is None for a top prior, then [1, n_x]).
-    Sampling and scoring share the logits, so a sample costs one forward pass.
+    Sampling and scoring share the logits, so a sample costs one forward pass. The n
+    samples of a row share its logits without copying them: log-probabilities broadcast
+    [N, 1, n_x] logits against [N, n, n_x] samples, so softplus runs once per row.
     """
 
     n_x: int
@@ -73,16 +79,14 @@ class BernoulliLayer(nn.Module):
 
     def sample(self, y: torch.Tensor | None, n: int = 1,
                generator: torch.Generator | None = None):
-        a = self.logits(y)
-        a = a.expand(n, -1) if y is None else repeat_rows(a, n)  # [N*n, n_x]
-        x = bernoulli_sample(a, generator, self.clamp)
-        return x, bernoulli_log_prob(a, x, self.clamp)
+        a = self.logits(y)[:, None, :]                         # [N, 1, n_x] (top: N = 1)
+        N = a.shape[0]
+        x = bernoulli_sample(a.expand(N, n, self.n_x), generator, self.clamp)  # [N, n, n_x]
+        log_p = bernoulli_log_prob(a, x, self.clamp)          # [N, n]
+        return x.view(N * n, self.n_x), log_p.view(N * n)
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        a = self.logits(y)
-        if y is None:
-            a = a.expand_as(x)
-        return bernoulli_log_prob(a, x, self.clamp)
+        return bernoulli_log_prob(self.logits(y), x, self.clamp)   # top: [1, n_x] broadcasts
 
 
 class SBNTop(BernoulliLayer):
