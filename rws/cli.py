@@ -92,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the result (with per-point values) to this JSON file")
     _add_common(e)
 
+    w = sub.add_parser("sweep", help="run a grid of training runs from a TOML/YAML config; "
+                       "run again to complete what is missing")
+    w.add_argument("config", help="sweep config (see configs/*.toml)")
+    w.add_argument("--out", default=None, help="output directory (default: the config's out)")
+    w.add_argument("--workers", type=_positive_int, default=1,
+                   help="runs at a time (local processes or Dask workers)")
+    w.add_argument("--scheduler", default=None,
+                   help="run on Dask: 'local' for a local cluster of worker processes, or a "
+                        "scheduler address such as tcp://host:8786")
+    w.add_argument("--dry-run", action="store_true", help="list the cells and stop")
+    w.add_argument("--debug", action="store_true")
+
     d = sub.add_parser("datasets", help="list the registered data sets")
     d.add_argument("--debug", action="store_true")
     return parser
@@ -158,6 +170,20 @@ def cmd_eval(args) -> None:
             "per_point": r.per_point.tolist(), "ess": r.ess.tolist()})
 
 
+def cmd_sweep(args) -> None:
+    from rws import sweep
+    config = sweep.load_config(args.config)
+    if args.dry_run:
+        for cfg in sweep.expand(config):
+            print(sweep.cell_id(cfg))
+        return
+    summaries = sweep.run(config, args.out, args.workers, args.scheduler)
+    failed = [s for s in summaries if s["status"] == "failed"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(summaries)} cells failed (each has an "
+                        "error.json in its directory); the others finished")
+
+
 def cmd_datasets(args) -> None:
     from rws.data import REGISTRY
     print(f"{'name':28s} {'dim':>5s} {'train':>7s} {'valid':>7s} {'test':>7s}  source")
@@ -166,7 +192,7 @@ def cmd_datasets(args) -> None:
         print(f"{info.name:28s} {info.dim:5d} {tr:7d} {va:7d} {te:7d}  {info.source}")
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "datasets": cmd_datasets}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "datasets": cmd_datasets}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"rws: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:      # output piped into head and the like
+        return 0
     except KeyboardInterrupt:
         print("rws: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

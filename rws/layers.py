@@ -255,9 +255,10 @@ class NADE(nn.Module):
         out = []
         for s in range(0, x.shape[0], rows):
             xs = x[s:s + rows]
-            a = torch.cumsum(xs[:, :, None] * self.W, 1) - xs[:, :, None] * self.W  # exclusive
-            a = a + c[s:s + rows, None, :]                                          # [r, n_x, H]
-            logits = b[s:s + rows] + (torch.sigmoid(a) * self.V.T).sum(-1)          # [r, n_x]
+            contrib = xs[:, :-1, None] * self.W[:-1]                                # [r, n_x-1, H]
+            a = F.pad(torch.cumsum(contrib, 1), (0, 0, 1, 0))                       # exclusive sum
+            h = torch.sigmoid(a + c[s:s + rows, None, :])                           # [r, n_x, H]
+            logits = b[s:s + rows] + torch.einsum("rdh,hd->rd", h, self.V)          # [r, n_x]
             out.append(bernoulli_log_prob(logits, xs, self.clamp))
         return torch.cat(out)
 

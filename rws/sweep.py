@@ -1,0 +1,219 @@
+"""Grids of runs: data sets x models x methods x K x seeds, one isolated run per cell.
+
+A sweep config (TOML, or YAML when PyYAML is installed)::
+
+    name = "k_sensitivity"
+    out = "results/runs/k_sensitivity"      # optional; default runs/<name>
+
+    [defaults]                              # any `rws train` option (TrainConfig field)
+    epochs = 20
+    test_k = 1000
+
+    [grid]                                  # lists: every combination is a cell
+    data = ["binarized_mnist"]
+    model = ["sbn:200", "sbn:200-200"]
+    K = [1, 2, 5, 10, 25, 50]
+    seed = [0]
+
+    [[cells]]                               # optional: variants, each crossed with [grid]
+    method = "rws"
+    method_options = {wake_q = false}
+
+With [[cells]], the cells are every entry crossed with every [grid] combination;
+without, they are the [grid] combinations. Identical cells run once.
+
+Each cell writes its checkpoint and record into ``out/<cell id>``. A cell whose record
+says "finished" is skipped, so an interrupted sweep run again completes only what is
+missing; a cell that fails writes ``error.json`` (the error and its traceback) and the
+others go on. Cells run on an executor: local worker processes by default, or a Dask
+cluster (``scheduler="local"`` for a local one of worker processes, or an address).
+Every run is pinned to ``threads`` torch threads (default 1) so timings are comparable.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import itertools
+import json
+import multiprocessing
+import traceback
+from pathlib import Path
+
+from rws import data as datasets
+from rws import methods, results, zoo
+from rws.errors import UserError
+from rws.train import RECORD, TrainConfig, Trainer
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+ERROR = "error.json"
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"sweep config {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise UserError("YAML sweep configs need PyYAML (pip install pyyaml); "
+                                "or write the config in TOML") from None
+            config = yaml.safe_load(text)
+        else:
+            import tomllib
+            config = tomllib.loads(text)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"sweep config {path} cannot be parsed ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"sweep config {path} must be a table of settings")
+    return config
+
+
+def _check_keys(where: str, table: dict) -> None:
+    unknown = sorted(set(table) - FIELDS)
+    if unknown:
+        raise UserError(f"sweep config: unknown setting(s) {unknown} in {where}; "
+                        f"known: {', '.join(sorted(FIELDS))}")
+
+
+def expand(config: dict) -> list[TrainConfig]:
+    """The cells of a sweep config, each a checked TrainConfig (bad cells raise before
+    anything runs)."""
+    extra = sorted(set(config) - {"name", "out", "defaults", "grid", "cells", "description"})
+    if extra:
+        raise UserError(f"sweep config: unknown section(s) {extra}; use name, out, "
+                        "description, defaults, grid and cells")
+    defaults = {"threads": 1, "progress": False, **config.get("defaults", {})}
+    _check_keys("[defaults]", defaults)
+    grid = config.get("grid", {})
+    _check_keys("[grid]", grid)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"sweep config: [grid] {key} must be a non-empty list, got {values!r}")
+    combos = [dict(zip(grid, vals)) for vals in itertools.product(*grid.values())] if grid else []
+    for i, cell in enumerate(config.get("cells", [])):
+        _check_keys(f"[[cells]] number {i + 1}", cell)
+    explicit = config.get("cells", [])
+    if explicit:   # each [[cells]] entry crossed with the grid (the entry wins on a clash)
+        cells = [{**defaults, **g, **c} for c in explicit for g in (combos or [{}])]
+    else:
+        cells = [{**defaults, **g} for g in combos]
+    if not cells:
+        raise UserError("sweep config has no cells: give a [grid] or [[cells]]")
+    out, seen = [], set()
+    for cell in cells:
+        try:
+            cfg = TrainConfig(**cell)
+        except TypeError as e:
+            raise UserError(f"sweep config: bad cell {cell}: {e}") from None
+        validate(cfg, cell)
+        if cell_id(cfg) not in seen:
+            seen.add(cell_id(cfg))
+            out.append(cfg)
+    return out
+
+
+def validate(cfg: TrainConfig, cell: dict) -> None:
+    """Everything that can be checked without training: names, spec, numbers."""
+    try:
+        cfg.check()
+        zoo.parse(cfg.model)
+        methods.method_class(cfg.method)
+        if not cfg.data.endswith(".npz") and cfg.data not in datasets.REGISTRY:
+            datasets.load(cfg.data)   # raises the registry's message
+    except UserError as e:
+        raise UserError(f"sweep config: cell {cell}: {e}") from None
+
+
+def cell_id(cfg: TrainConfig) -> str:
+    """A readable, unique directory name for a cell."""
+    d = dataclasses.asdict(cfg)
+    for k in ("progress", "device", "threads"):
+        d.pop(k)
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+    model = cfg.model.replace(":", "_").replace("/", "-").replace("[", "(").replace("]", ")")
+    model = "".join(c if c.isalnum() or c in "-_()=," else "_" for c in model)
+    return f"{cfg.data}-{model}-{cfg.method}-K{cfg.K}-s{cfg.seed}-{digest}"
+
+
+def is_done(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / RECORD).read_text()).get("status") == "finished"
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
+def run_cell(cfg_dict: dict, run_dir: str) -> dict:
+    """Train one cell in this process; never raises (failures become error.json)."""
+    run_dir = Path(run_dir)
+    cfg = TrainConfig(**cfg_dict)
+    try:
+        record = Trainer(cfg, run_dir).run(log=lambda *_: None)
+        (run_dir / ERROR).unlink(missing_ok=True)
+        return {"cell": run_dir.name, "status": "finished", "test_ll": record["test"]["ll"]}
+    except BaseException as e:  # noqa: BLE001 - a cell's failure must not end the sweep
+        results.write_json(run_dir / ERROR, {
+            "cell": run_dir.name, "config": cfg_dict, "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc()})
+        return {"cell": run_dir.name, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+def _executor(workers: int, scheduler: str | None):
+    """(submit, as_completed, close) for local processes or a Dask cluster."""
+    if scheduler is None:
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        return pool.submit, cf.as_completed, pool.shutdown
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise UserError("--scheduler needs Dask: pip install 'dask[distributed]'") from None
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+
+        def close():
+            client.close()
+            cluster.close()
+    else:
+        try:
+            client = Client(scheduler, timeout=30)
+        except OSError as e:
+            raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({e})") from None
+        close = client.close
+    # pure=False: a rerun of a cell is a new task, not a cached result
+    return (lambda f, *a: client.submit(f, *a, pure=False)), as_completed, close
+
+
+def run(config: dict, out: str | Path | None = None, workers: int = 1,
+        scheduler: str | None = None, log=print) -> list[dict]:
+    """Run every missing cell of a sweep; returns one summary per cell."""
+    cells = expand(config)
+    out = Path(out or config.get("out") or Path("runs") / config.get("name", "sweep"))
+    results.ensure_writable_dir(out)
+    summaries, todo = [], []
+    for cfg in cells:
+        run_dir = out / cell_id(cfg)
+        if is_done(run_dir):
+            summaries.append({"cell": run_dir.name, "status": "skipped (finished before)"})
+        else:
+            todo.append((cfg, run_dir))
+    log(f"sweep {config.get('name', '')}: {len(cells)} cells, {len(cells) - len(todo)} "
+        f"finished before, {len(todo)} to run -> {out}")
+    if todo:
+        submit, as_completed, close = _executor(workers, scheduler)
+        try:
+            futures = [submit(run_cell, dataclasses.asdict(cfg), str(d)) for cfg, d in todo]
+            for fut in as_completed(futures):
+                s = fut.result()
+                summaries.append(s)
+                tail = f"test log p^ {s['test_ll']:.2f}" if "test_ll" in s else s.get("error", "")
+                log(f"  {s['status']:8s} {s['cell']}  {tail}")
+        finally:
+            close()
+    return summaries
