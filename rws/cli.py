@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rows", type=_positive_int, default=None,
                    help="proposals scored per forward pass (memory bound)")
     e.add_argument("--json", dest="json_out", default=None,
-                   help="also write the result (with per-point values) to this JSON file")
+                   help="where to write the eval record (default: eval-SPLIT-KK.json beside "
+                        "the checkpoint, which `rws report` reads)")
+    e.add_argument("--no-save", action="store_true", help="print only, write no eval record")
     _add_common(e)
 
     w = sub.add_parser("sweep", help="run a grid of training runs from a TOML/YAML config; "
@@ -103,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "scheduler address such as tcp://host:8786")
     w.add_argument("--dry-run", action="store_true", help="list the cells and stop")
     w.add_argument("--debug", action="store_true")
+
+    b = sub.add_parser("bench", help="seconds per epoch and achieved FLOP rate against the "
+                       "machine's matmul rate, per method; Pyro side by side if installed")
+    b.add_argument("--quick", action="store_true", help="two cases and fewer steps")
+    b.add_argument("--no-pyro", action="store_true", help="skip the Pyro comparison")
+    b.add_argument("--json", dest="json_out", default=None, help="also write the table here")
+    _add_common(b)
+
+    r = sub.add_parser("report", help="tables (Markdown, CSV) and figures (PNG, SVG) from "
+                       "result records")
+    r.add_argument("paths", nargs="+", help="directories (searched recursively) or record files")
+    r.add_argument("--out", default="results/report", help="output directory")
+    r.add_argument("--debug", action="store_true")
 
     d = sub.add_parser("datasets", help="list the registered data sets")
     d.add_argument("--debug", action="store_true")
@@ -163,11 +178,13 @@ def cmd_eval(args) -> None:
                                 progress=not args.no_progress, desc=args.split)
     print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {best.get('epoch') or state['epoch']}): {r}"
           f"  [{r.seconds:.1f} s]")
-    if args.json_out:
-        results.write_json(Path(args.json_out), {
+    if not args.no_save:
+        path = Path(args.json_out or Path(args.checkpoint).parent / f"eval-{args.split}-K{args.K}.json")
+        results.write_json(path, {
             **r.summary(), "split": args.split, "checkpoint": str(args.checkpoint),
             "config": cfg, "seed": args.seed, "environment": results.environment(device),
             "per_point": r.per_point.tolist(), "ess": r.ess.tolist()})
+        print(f"eval record: {path}")
 
 
 def cmd_sweep(args) -> None:
@@ -184,6 +201,25 @@ def cmd_sweep(args) -> None:
                         "error.json in its directory); the others finished")
 
 
+def cmd_bench(args) -> None:
+    import torch
+
+    from rws import bench, results
+    from rws.train import resolve_device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = bench.run(resolve_device(args.device), quick=args.quick, pyro=not args.no_pyro)
+    if args.json_out:
+        results.write_json(Path(args.json_out), {**out, "environment": results.environment(args.device)})
+
+
+def cmd_report(args) -> None:
+    from rws.report import report
+    summary = report(args.paths, args.out)
+    print(f"{summary['runs']} runs, {summary['evals']} eval records -> {summary['out']}/tables, "
+          f"{summary['out']}/figures ({', '.join(summary['figures'])})")
+
+
 def cmd_datasets(args) -> None:
     from rws.data import REGISTRY
     print(f"{'name':28s} {'dim':>5s} {'train':>7s} {'valid':>7s} {'test':>7s}  source")
@@ -192,7 +228,9 @@ def cmd_datasets(args) -> None:
         print(f"{info.name:28s} {info.dim:5d} {tr:7d} {va:7d} {te:7d}  {info.source}")
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "datasets": cmd_datasets}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "bench": cmd_bench,
+            "report": cmd_report,
+            "datasets": cmd_datasets}
 
 
 def main(argv: list[str] | None = None) -> int:

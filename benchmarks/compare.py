@@ -1,0 +1,53 @@
+"""Compare two pytest-benchmark JSON files in units of the machine's matmul speed.
+
+    python benchmarks/compare.py BASELINE.json NEW.json [--threshold 0.3]
+
+For each benchmark, cost = median seconds x matmul GFLOP/s measured in the same run
+(the GFLOP of matmul work the machine could have done in that time), so a faster or
+slower machine cancels out. Exits 1 if any benchmark's cost grew by more than the
+threshold (default 30%: these machines are shared and noisy).
+"""
+import argparse
+import json
+import sys
+
+
+def costs(path):
+    with open(path) as f:
+        data = json.load(f)
+    out = {}
+    for b in data["benchmarks"]:
+        rate = b["extra_info"].get("matmul_gflops")
+        if rate:
+            out[b["name"]] = b["stats"]["median"] * rate
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("baseline")
+    p.add_argument("new")
+    p.add_argument("--threshold", type=float, default=0.3)
+    args = p.parse_args(argv)
+    base, new = costs(args.baseline), costs(args.new)
+    worse = []
+    print(f"{'benchmark':50s} {'baseline':>10s} {'new':>10s} {'ratio':>7s}")
+    for name in sorted(base.keys() & new.keys()):
+        ratio = new[name] / base[name]
+        flag = "  REGRESSION" if ratio > 1 + args.threshold else ""
+        print(f"{name:50s} {base[name]:10.3f} {new[name]:10.3f} {ratio:7.2f}{flag}")
+        if flag:
+            worse.append(name)
+    missing = sorted(base.keys() - new.keys())
+    if missing:
+        print(f"not in the new run: {missing}")
+    if worse:
+        print(f"{len(worse)} benchmark(s) slower than the baseline by more than "
+              f"{args.threshold:.0%} of the machine's matmul speed")
+        return 1
+    print("no regression beyond the threshold")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

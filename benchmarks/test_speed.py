@@ -1,0 +1,51 @@
+"""pytest-benchmark: one training step per method and one evaluation chunk.
+
+Each result carries the float32 matmul rate measured in the same session
+(``extra_info['matmul_gflops']``) and the step's matrix-multiply FLOPs, so that
+``benchmarks/compare.py`` can compare runs in units of the machine's own speed.
+Run: ``pytest benchmarks/test_speed.py --benchmark-json results/benchmarks/latest.json``.
+"""
+import pytest
+import torch
+
+from rws import bench, methods, zoo
+from rws import data as datasets
+from rws.train import OPTIMIZERS, micro_batch_size, train_step
+
+
+@pytest.fixture(scope="session")
+def matmul_gflops():
+    return bench.matmul_rate(seconds=1.0)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    return datasets.load("binarized_mnist")
+
+
+@pytest.mark.parametrize("case", bench.CASES, ids=[c.name.replace(" ", "_") for c in bench.CASES])
+def test_train_step(benchmark, case, matmul_gflops, mnist):
+    torch.manual_seed(0)
+    model = zoo.build(case.model, 784)
+    method = methods.build(case.method, model, case.K)
+    opt = OPTIMIZERS["adam"](method.param_groups(1e-3))
+    x = mnist["train"][:case.batch_size].float()
+    micro = micro_batch_size(model, case.K, case.batch_size)
+    g = torch.Generator().manual_seed(0)
+    flops = bench.count_flops(lambda: train_step(method, opt, x, g, micro))
+    benchmark.extra_info.update(matmul_gflops=matmul_gflops, gflop=flops / 1e9)
+    benchmark.pedantic(train_step, args=(method, opt, x, g, micro), rounds=15, warmup_rounds=3)
+
+
+@pytest.mark.parametrize("K", [100, 10000])
+def test_eval_chunk(benchmark, K, matmul_gflops, mnist):
+    torch.manual_seed(0)
+    model = zoo.build("sbn:200", 784)
+    rows = bench.estimate.default_rows(model)
+    x = mnist["test"][:max(1, rows // K)].float()
+    c = min(K, rows)
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        flops = bench.count_flops(lambda: model.log_weights(x, c, g))
+        benchmark.extra_info.update(matmul_gflops=matmul_gflops, gflop=flops / 1e9)
+        benchmark.pedantic(model.log_weights, args=(x, c, g), rounds=15, warmup_rounds=3)

@@ -1,0 +1,216 @@
+"""Speed measured against the machine: `rws bench`.
+
+Every rate is reported as a ratio to the float32 matrix-multiply rate measured at the
+start of the same process, so the machine's own speed (and a noisy neighbour) cancels
+out as far as possible. The FLOP model of a training step or an evaluation chunk is the
+count of the matrix-multiply FLOPs it executes (torch's FlopCounterMode over one step:
+forward and backward); a test checks that for an SBN this count equals the minimal
+hand-derived one, so no wasted multiply inflates the rate.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rws import data as datasets
+from rws import estimate, methods, zoo
+from rws.train import OPTIMIZERS, micro_batch_size, train_step
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_rate(device="cpu", seconds: float = 1.0, n: int = 2048) -> float:
+    """Best float32 GFLOP/s of an n x n x n matrix multiply over repeated timings."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    best = 0.0
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def count_flops(fn) -> int:
+    """Matrix-multiply FLOPs executed by fn() (forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@dataclass
+class Case:
+    name: str
+    method: str
+    model: str
+    K: int
+    batch_size: int = 100
+
+
+@dataclass
+class Row:
+    case: str
+    seconds_per_step: float
+    seconds_per_epoch: float
+    gflop_per_step: float
+    gflops: float
+    fraction_of_matmul: float
+
+
+def _setup(case: Case, train_x, device):
+    torch.manual_seed(0)
+    model = zoo.build(case.model, train_x.shape[1]).to(device)
+    method = methods.build(case.method, model, case.K).to(device)
+    opt = OPTIMIZERS["adam"](method.param_groups(1e-3))
+    micro = micro_batch_size(model, case.K, case.batch_size)
+    return model, method, opt, micro
+
+
+def time_training(case: Case, train_x, peak: float, steps: int, device="cpu",
+                  repeats: int = 3) -> Row:
+    """Seconds per step (median of ``repeats`` timings of ``steps`` steps) and the
+    epoch time it implies for the whole training set."""
+    model, method, opt, micro = _setup(case, train_x, device)
+    g = torch.Generator(device=device).manual_seed(0)
+    B = case.batch_size
+    batches = [train_x[i * B:(i + 1) * B].to(device).float() for i in range(steps)]
+    flops = count_flops(lambda: train_step(method, opt, batches[0], g, micro))
+    for x in batches[:3]:
+        train_step(method, opt, x, g, micro)           # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for x in batches:
+            train_step(method, opt, x, g, micro)
+        _sync(device)
+        times.append((time.perf_counter() - t) / steps)
+    dt = statistics.median(times)
+    per_epoch = dt * math.ceil(len(train_x) / B)
+    return Row(case.name, dt, per_epoch, flops / 1e9, flops / dt / 1e9, flops / dt / 1e9 / peak)
+
+
+def time_evaluation(model_spec: str, x, K: int, peak: float, device="cpu") -> Row:
+    """Large-K log-likelihood throughput on the points x."""
+    torch.manual_seed(0)
+    model = zoo.build(model_spec, x.shape[1]).to(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    rows = estimate.default_rows(model)
+    probe = x[: max(1, rows // K)].to(device).float()
+    with torch.inference_mode():
+        flops_chunk = count_flops(lambda: model.log_weights(probe, min(K, rows), g))
+    rows_per_chunk = probe.shape[0] * min(K, rows)
+    estimate.log_likelihood(model, x[:2], K, generator=g, device=device)   # warm-up
+    t = time.perf_counter()
+    estimate.log_likelihood(model, x, K, generator=g, device=device)
+    dt = time.perf_counter() - t
+    flops = flops_chunk / rows_per_chunk * len(x) * K
+    return Row(f"eval {model_spec} K={K} ({len(x)} points)", dt, float("nan"),
+               flops / 1e9, flops / dt / 1e9, flops / dt / 1e9 / peak)
+
+
+def time_pyro_rws(train_x, K: int, steps: int, batch_size: int = 100):
+    """Seconds per step of Pyro's ReweightedWakeSleep on the same SBN 200 (784 <- 200,
+    SBN Q), K particles vectorised, wake-phi and sleep-phi mixed (insomnia 0.5).
+    Returns None when pyro-ppl is not installed."""
+    try:
+        import pyro
+        import pyro.distributions as dist
+        from pyro.infer import SVI, ReweightedWakeSleep
+        from pyro.optim import Adam
+    except ImportError:
+        return None
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    net = zoo.build("sbn:200", train_x.shape[1])
+    top, p0, q0 = net.p_layers[1], net.p_layers[0], net.q_layers[0]
+
+    def model(x, observations=None):
+        pyro.module("p0", p0)
+        pyro.module("top", top)
+        with pyro.plate("data", x.shape[0]):
+            h = pyro.sample("h", dist.Bernoulli(logits=top.a).expand([x.shape[0], 200]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=p0.logits(h)).to_event(1), obs=x)
+
+    def guide(x, observations=None):
+        pyro.module("q0", q0)
+        if observations is not None:
+            x = observations["x"]
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("h", dist.Bernoulli(logits=q0.logits(x)).to_event(1))
+
+    rws = ReweightedWakeSleep(num_particles=K, insomnia=0.5, vectorize_particles=True,
+                              max_plate_nesting=1)
+    svi = SVI(model, guide, Adam({"lr": 1e-3}), loss=rws)
+    batches = [train_x[i * batch_size:(i + 1) * batch_size].float() for i in range(steps)]
+    for x in batches[:3]:
+        svi.step(x)
+    t = time.perf_counter()
+    for x in batches:
+        svi.step(x)
+    return (time.perf_counter() - t) / steps
+
+
+CASES = [
+    Case("rws sbn:200 K=5 B=100", "rws", "sbn:200", 5),
+    Case("rws sbn:200 K=50 B=100", "rws", "sbn:200", 50),
+    Case("ws sbn:200 K=1", "ws", "sbn:200", 1),
+    Case("rws sbn:200-200 K=5", "rws", "sbn:200-200", 5),
+    Case("nvil sbn:200 K=1", "nvil", "sbn:200", 1),
+    Case("vimco sbn:200 K=5", "vimco", "sbn:200", 5),
+    Case("vae gauss:50 K=1", "vae", "gauss:50", 1),
+    Case("iwae gauss:50 K=5", "iwae", "gauss:50", 5),
+    Case("rws gauss:50 K=5", "rws", "gauss:50", 5),
+]
+
+
+def run(device="cpu", quick=False, pyro=True, log=print) -> dict:
+    device = torch.device(device)
+    train_x = datasets.load("binarized_mnist")["train"]
+    test_x = datasets.load("binarized_mnist")["test"]
+    peak = matmul_rate(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    log(f"device {device} ({name}), {torch.get_num_threads()} threads; float32 matmul "
+        f"2048^3: {peak:.1f} GFLOP/s")
+    steps = 20 if quick else 100
+    rows = []
+    header = f"{'case':34s} {'s/step':>9s} {'s/epoch':>8s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} {'of matmul':>9s}"
+    log(header)
+    for case in (CASES[:2] if quick else CASES):
+        steps_here = steps if case.K * case.batch_size <= 1000 else max(5, steps // 5)
+        r = time_training(case, train_x, peak, steps_here, device)
+        rows.append(r)
+        log(f"{r.case:34s} {r.seconds_per_step * 1e3:7.2f}ms {r.seconds_per_epoch:8.2f} "
+            f"{r.gflop_per_step:10.3f} {r.gflops:8.1f} {r.fraction_of_matmul:9.1%}")
+    ev = time_evaluation("sbn:200", test_x[:100 if quick else 500], 1000, peak, device)
+    rows.append(ev)
+    log(f"{ev.case:34s} {ev.seconds_per_step:8.2f}s {'':>8s} {ev.gflop_per_step:10.1f} "
+        f"{ev.gflops:8.1f} {ev.fraction_of_matmul:9.1%}")
+    k5, k50 = rows[0], rows[1]
+    scaling = {"time_ratio": k50.seconds_per_step / k5.seconds_per_step,
+               "flop_ratio": k50.gflop_per_step / k5.gflop_per_step}
+    scaling["deviation"] = scaling["time_ratio"] / scaling["flop_ratio"] - 1
+    log(f"K=50 vs K=5: time x{scaling['time_ratio']:.2f}, FLOPs x{scaling['flop_ratio']:.2f} "
+        f"({scaling['deviation']:+.1%})")
+    out = {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+           "matmul_gflops": peak, "rows": [asdict(r) for r in rows], "k_scaling": scaling}
+    if pyro and device.type == "cpu":
+        t_pyro = time_pyro_rws(train_x, 5, 10 if quick else 30)
+        if t_pyro is None:
+            log("pyro: not installed (pip install pyro-ppl) - comparison skipped")
+        else:
+            speedup = t_pyro / k5.seconds_per_step
+            out["pyro"] = {"seconds_per_step": t_pyro, "speedup": speedup}
+            log(f"Pyro ReweightedWakeSleep, same SBN 200, K=5, B=100, vectorised: "
+                f"{t_pyro * 1e3:.2f} ms/step; rws-bench is x{speedup:.1f} faster")
+    return out

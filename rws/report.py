@@ -1,0 +1,153 @@
+"""Tables and figures from result records: `rws report`.
+
+Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) and every
+``eval-*.json`` (from ``rws eval``) below the given directories, and writes
+
+    tables/test_ll.{md,csv}          paper-style: test log p^_K by model and method
+    tables/runs.{md,csv}             one row per run: K, epochs, test LL +- SE, s/epoch
+    tables/seconds_per_epoch.{md,csv}
+    figures/ll_vs_train_k.{png,svg}  test LL against training K, one line per model/method
+    figures/ll_vs_eval_k.{png,svg}   LL against evaluation K (from eval records)
+    figures/ll_vs_epoch.{png,svg}    validation LL against epoch and against wall-clock
+    figures/seconds_per_epoch.{png,svg}
+
+Every number comes from a record; nothing is typed in by hand.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from rws.errors import UserError
+
+
+def _label(method: str, options: dict) -> str:
+    """rws with its Q updates spelled out, e.g. 'rws (wake+sleep)'."""
+    if method != "rws":
+        return method
+    wake, sleep = options.get("wake_q", True), options.get("sleep_q", True)
+    return "rws (" + "+".join(n for n, on in (("wake", wake), ("sleep", sleep)) if on) + ")"
+
+
+def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(runs, epochs, evals) data frames from every record below ``paths``."""
+    runs, epochs, evals = [], [], []
+    files = [f for p in map(Path, paths) for f in
+             ([p] if p.is_file() else sorted(p.rglob("*.json")))]
+    for f in files:
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue   # a foreign or half-copied file is not a record
+        if f.name == "record.json" and rec.get("status") == "finished":
+            cfg = rec["config"]
+            run = {"run": str(f.parent), "data": cfg["data"], "model": cfg["model"],
+                   "method": _label(cfg["method"], cfg.get("method_options", {})),
+                   "K": cfg["K"], "seed": cfg["seed"], "batch_size": cfg["batch_size"],
+                   "lr": cfg["lr"], "epochs": rec["epochs_done"],
+                   "best_epoch": rec["best_epoch"], "test_ll": rec["test"]["ll"],
+                   "test_se": rec["test"]["se"], "test_k": rec["test"]["K"],
+                   "seconds_per_epoch": rec["seconds_per_epoch"],
+                   "parameters": rec["model"]["parameters"],
+                   "commit": (rec.get("environment") or {}).get("git_commit")}
+            runs.append(run)
+            wall = 0.0
+            for e in rec["epochs"]:
+                wall += e["seconds"]
+                epochs.append({"run": run["run"], "model": run["model"], "method": run["method"],
+                               "K": run["K"], "epoch": e["epoch"], "wall_seconds": wall,
+                               "train_ll": e["train_ll"], "valid_ll": e.get("valid_ll")})
+        elif f.name.startswith("eval-") and "K" in rec and "ll" in rec:
+            cfg = rec.get("config", {})
+            evals.append({"run": str(f.parent), "model": cfg.get("model"),
+                          "method": _label(cfg.get("method", "?"), cfg.get("method_options", {})),
+                          "train_K": cfg.get("K"), "eval_K": rec["K"], "split": rec.get("split"),
+                          "ll": rec["ll"], "se": rec["se"]})
+    if not runs and not evals:
+        raise UserError(f"no finished run records (record.json) or eval records below "
+                        f"{', '.join(map(str, paths))}")
+    return pd.DataFrame(runs), pd.DataFrame(epochs), pd.DataFrame(evals)
+
+
+def _write_table(df: pd.DataFrame, out: Path, name: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
+
+
+def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
+    if runs.empty:
+        return
+    cols = ["data", "model", "method", "K", "epochs", "test_ll", "test_se", "test_k",
+            "seconds_per_epoch", "parameters", "seed"]
+    _write_table(runs[cols].sort_values(["data", "model", "method", "K"]), out, "runs")
+    cell = runs.assign(value=runs.test_ll.map("{:.2f}".format) + " ± " + runs.test_se.map("{:.2f}".format)
+                       + " (K=" + runs.test_k.astype(str) + ")")
+    best = cell.sort_values("test_ll").groupby(["data", "model", "method"]).tail(1)
+    paper = best.pivot_table(index=["data", "model"], columns="method", values="value",
+                             aggfunc="first").reset_index()
+    _write_table(paper, out, "test_ll")
+    speed = runs.pivot_table(index=["model", "K"], columns="method", values="seconds_per_epoch",
+                             aggfunc="median").reset_index()
+    _write_table(speed, out, "seconds_per_epoch")
+    if not evals.empty:
+        _write_table(evals.sort_values(["run", "eval_K"]), out, "ll_vs_eval_k")
+
+
+def figures(runs: pd.DataFrame, epochs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig, name):
+        for ext in ("png", "svg"):
+            fig.savefig(out / f"{name}.{ext}", bbox_inches="tight", dpi=120)
+        plt.close(fig)
+        written.append(name)
+
+    if not runs.empty and runs.groupby(["model", "method"]).K.nunique().max() > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        d = runs.assign(series=runs.model + " " + runs.method)
+        sns.lineplot(d, x="K", y="test_ll", hue="series", marker="o", ax=ax, errorbar=None)
+        ax.set(xscale="log", xlabel="training samples K", ylabel="test log p^ (nats)",
+               title="Test log-likelihood against training K")
+        save(fig, "ll_vs_train_k")
+    if not evals.empty:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        d = evals.assign(series=evals.model.astype(str) + " " + evals.method.astype(str))
+        sns.lineplot(d, x="eval_K", y="ll", hue="series", marker="o", ax=ax, errorbar=None)
+        ax.set(xscale="log", xlabel="evaluation samples K", ylabel="log p^_K (nats)",
+               title="Log-likelihood estimate against evaluation K")
+        save(fig, "ll_vs_eval_k")
+    v = epochs.dropna(subset=["valid_ll"]) if not epochs.empty else epochs
+    if not v.empty:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        d = v.assign(series=v.model + " " + v.method + " K=" + v.K.astype(str))
+        sns.lineplot(d, x="epoch", y="valid_ll", hue="series", marker="o", ax=axes[0], legend=False)
+        sns.lineplot(d, x="wall_seconds", y="valid_ll", hue="series", marker="o", ax=axes[1])
+        axes[0].set(ylabel="validation log p^ (nats)", title="against epoch")
+        axes[1].set(xlabel="training seconds (evaluation excluded)", title="against wall-clock")
+        axes[1].legend(fontsize=7, loc="lower right")
+        save(fig, "ll_vs_epoch")
+    if not runs.empty:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        d = runs.assign(series=runs.method + " K=" + runs.K.astype(str))
+        sns.barplot(d, y="series", x="seconds_per_epoch", hue="model", ax=ax, errorbar=None)
+        ax.set(xlabel="seconds per epoch", ylabel="", title="Training time per epoch")
+        save(fig, "seconds_per_epoch")
+    return written
+
+
+def report(paths, out: str | Path) -> dict:
+    runs, epochs, evals = load_records(paths)
+    out = Path(out)
+    tables(runs, evals, out / "tables")
+    written = figures(runs, epochs, evals, out / "figures")
+    return {"runs": len(runs), "evals": len(evals), "figures": written, "out": str(out)}

@@ -1,0 +1,39 @@
+"""The FLOP model counts exactly the minimal matrix multiplies of a step (no waste)."""
+import pytest
+import torch
+
+from rws import bench, methods, zoo
+from rws.train import OPTIMIZERS, micro_batch_size, train_step
+
+
+def minimal_rws_flops(sizes, B, K):
+    """Hand count for an SBN stack trained by RWS with wake-P, wake-Q and B dreams:
+    Q_0's logits once per point, every other layer once per proposal; weight gradients
+    only (samples and data need no input gradient)."""
+    pairs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    q = 2 * B * pairs[0] + sum(2 * B * K * p for p in pairs[1:])   # Q forward on proposals
+    p = sum(2 * B * K * p for p in pairs)                            # P forward
+    dreams = sum(2 * B * p for p in pairs)                           # one forward pass each
+    return 2 * q + 2 * p + dreams + 2 * dreams                       # P on dreams; Q fwd + grad
+
+
+@pytest.mark.parametrize("spec,K", [("sbn:200", 5), ("sbn:200-200", 5), ("sbn:30-20-10", 3)])
+def test_counted_flops_equal_the_minimal_count(spec, K):
+    torch.manual_seed(0)
+    model = zoo.build(spec, 784)
+    method = methods.build("rws", model, K)
+    opt = OPTIMIZERS["adam"](method.param_groups(1e-3))
+    x = torch.bernoulli(torch.full((100, 784), 0.2))
+    micro = micro_batch_size(model, K, 100)
+    flops = bench.count_flops(lambda: train_step(method, opt, x, None, micro))
+    assert flops == minimal_rws_flops(model.sizes, 100, K)
+
+
+def test_training_timer_reports_consistent_rates():
+    x = torch.bernoulli(torch.full((300, 784), 0.2))
+    row = bench.time_training(bench.Case("t", "rws", "sbn:20", 2), x, peak=100.0, steps=3,
+                              repeats=1)
+    assert row.seconds_per_step > 0
+    assert row.seconds_per_epoch == pytest.approx(row.seconds_per_step * 3)
+    assert row.gflops == pytest.approx(row.gflop_per_step / row.seconds_per_step)
+    assert row.fraction_of_matmul == pytest.approx(row.gflops / 100.0)

@@ -1,0 +1,124 @@
+"""Sweeps: local and Dask executors agree, interrupted sweeps resume, failures are
+recorded; reports render from records."""
+import json
+
+import pytest
+
+from rws import report, sweep
+from rws.errors import UserError
+
+TINY = {"data": "dna", "epochs": 1, "batch_size": 100, "valid_k": 2, "test_k": 2,
+        "threads": 1, "lr": 3e-2}
+
+
+def config(**grid):
+    return {"name": "t", "defaults": dict(TINY),
+            "grid": grid or {"model": ["sbn:5", "sbn:3-2"], "K": [2, 3]}}
+
+
+def finished(out):
+    return {p.parent.name: json.loads(p.read_text())
+            for p in out.glob("*/record.json") if json.loads(p.read_text())["status"] == "finished"}
+
+
+def test_local_and_dask_executors_give_the_same_records(tmp_path):
+    cfg = config()
+    sweep.run(cfg, tmp_path / "local", workers=2, log=lambda *_: None)
+    sweep.run(cfg, tmp_path / "dask", workers=2, scheduler="local", log=lambda *_: None)
+    local, dask = finished(tmp_path / "local"), finished(tmp_path / "dask")
+    assert len(local) == 4 and local.keys() == dask.keys()
+    for cell in local:   # same seeds, same single-threaded arithmetic: same numbers
+        assert local[cell]["test"]["ll"] == dask[cell]["test"]["ll"]
+        assert local[cell]["config"] == dask[cell]["config"]
+
+
+def test_an_interrupted_sweep_completes_only_the_missing_cells(tmp_path):
+    cfg = config()
+    cells = sweep.expand(cfg)
+    # as if the sweep had been killed after two cells
+    for c in cells[:2]:
+        sweep.run_cell(c.__dict__, str(tmp_path / sweep.cell_id(c)))
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/record.json")}
+    lines = []
+    summaries = sweep.run(cfg, tmp_path, workers=1, log=lines.append)
+    assert "2 finished before, 2 to run" in lines[0]
+    assert sum(s["status"] == "finished" for s in summaries) == 2
+    for p, t in before.items():
+        assert p.stat().st_mtime_ns == t          # finished cells were not run again
+    assert len(finished(tmp_path)) == 4
+
+
+def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
+    cfg = config(model=["sbn:5"], K=[2], batch_size=[100, 5000])   # 5000 > 1400 points
+    summaries = sweep.run(cfg, tmp_path, workers=2, log=lambda *_: None)
+    assert sorted(s["status"] for s in summaries) == ["failed", "finished"]
+    errors = list(tmp_path.glob("*/error.json"))
+    assert len(errors) == 1
+    err = json.loads(errors[0].read_text())
+    assert "batch size 5000 is larger" in err["error"] and err["traceback"]
+    assert len(finished(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"grid": {"modle": ["sbn:5"]}}, "unknown setting\\(s\\) \\['modle'\\]"),
+    ({"grid": {"model": "sbn:5"}}, "must be a non-empty list"),
+    ({"grid": {"model": ["sbn:x"]}}, "cannot parse model spec"),
+    ({"grid": {"data": ["nope"]}}, "unknown data set 'nope'"),
+    ({"grid": {"K": [0]}}, "K must be >= 1"),
+    ({"grid": {"method": ["vi"]}}, "unknown method 'vi'"),
+    ({"gird": {}}, "unknown section"),
+    ({}, "no cells"),
+])
+def test_bad_sweep_configs_fail_before_anything_runs(tmp_path, cfg, message):
+    with pytest.raises(UserError, match=message):
+        sweep.run({"defaults": dict(TINY), **cfg}, tmp_path, log=lambda *_: None)
+    assert not list(tmp_path.glob("*/record.json"))
+
+
+def test_cells_cross_the_grid_and_deduplicate():
+    cfg = {"defaults": dict(TINY), "grid": {"seed": [0, 1]},
+           "cells": [{"method": "ws", "model": "sbn:5"}, {"method": "rws", "model": "sbn:5", "K": 2},
+                     {"method": "rws", "model": "sbn:5", "K": 2}]}
+    cells = sweep.expand(cfg)
+    assert len(cells) == 4 and {c.seed for c in cells} == {0, 1}
+
+
+def fixture_record(run_dir, model, method, K, ll, options=None):
+    run_dir.mkdir(parents=True)
+    rec = {"status": "finished", "config": {"data": "dna", "model": model, "method": method,
+           "K": K, "seed": 0, "batch_size": 100, "lr": 1e-3, "method_options": options or {}},
+           "epochs_done": 2, "best_epoch": 2, "seconds_per_epoch": 0.5 * K,
+           "model": {"parameters": 100},
+           "test": {"ll": ll, "se": 0.3, "K": 1000},
+           "epochs": [{"epoch": 1, "train_ll": ll - 5, "seconds": 0.5 * K, "valid_ll": ll - 2},
+                      {"epoch": 2, "train_ll": ll - 3, "seconds": 0.5 * K, "valid_ll": ll}]}
+    (run_dir / "record.json").write_text(json.dumps(rec))
+    for eval_k, d in ((10, -3), (100, -1), (1000, 0)):
+        (run_dir / f"eval-test-K{eval_k}.json").write_text(json.dumps(
+            {"K": eval_k, "ll": ll + d, "se": 0.3, "split": "test", "config": rec["config"]}))
+
+
+def test_report_renders_tables_and_figures_from_records(tmp_path):
+    runs = tmp_path / "runs"
+    for K, ll in ((1, -100.0), (5, -95.0), (25, -93.0)):
+        fixture_record(runs / f"rws{K}", "sbn:200", "rws", K, ll)
+    fixture_record(runs / "ws", "sbn:200", "ws", 1, -110.0)
+    fixture_record(runs / "wake", "sbn:200", "rws", 5, -97.0, {"sleep_q": False})
+    (runs / "junk.json").write_text("{not json")
+    summary = report.report([runs], tmp_path / "out")
+    assert summary["runs"] == 5 and summary["evals"] == 15
+    assert set(summary["figures"]) == {"ll_vs_train_k", "ll_vs_eval_k", "ll_vs_epoch",
+                                       "seconds_per_epoch"}
+    for name in summary["figures"]:
+        assert (tmp_path / "out" / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (tmp_path / "out" / "figures" / f"{name}.svg").exists()
+    table = (tmp_path / "out" / "tables" / "test_ll.md").read_text()
+    assert "rws (wake+sleep)" in table and "rws (wake)" in table and "ws" in table
+    assert "-93.00 ± 0.30 (K=1000)" in table        # the best K of each model/method
+    csv = (tmp_path / "out" / "tables" / "runs.csv").read_text().splitlines()
+    assert len(csv) == 1 + 5
+
+
+def test_report_without_records_says_so(tmp_path):
+    with pytest.raises(UserError, match="no finished run records"):
+        report.report([tmp_path], tmp_path / "out")
