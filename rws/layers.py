@@ -219,17 +219,66 @@ class DARNTop(DARN):
         super().__init__(n_x, 0, clamp)
 
 
+class NADELogits(torch.autograd.Function):
+    """The logits of a NADE, unit by unit, with a hand-written backward pass.
+
+    forward:  a_0 = c;  for each unit i:  h_i = sigmoid(a_i),  s_i = b_i + h_i . V[:, i],
+              a_{i+1} = a_i + x_i W[i]
+    backward: with g_i = dL/ds_i and d = dL/da_{i+1} running from the last unit down,
+              dW[i] = x_i^T d,  dV[:, i] = h_i^T g_i,  d += (g_i V[:, i]) * h_i (1 - h_i),
+              dc = d at the end,  db = g.
+    Every step works on [rows, H], which stays in cache; autograd through the unit loop
+    (or the vectorised [rows, n_x, H] form) is several times slower on a CPU. The
+    backward pass recovers a_i by subtracting x_i W[i], re-anchored every ``anchor``
+    units at values saved in the forward pass so rounding cannot drift.
+    x: [R, D] (constant), b: [R, D], c: [R, H], W: [D, H], V: [H, D] -> s: [R, D].
+    """
+
+    anchor = 64
+
+    @staticmethod
+    def forward(ctx, x, b, c, W, V):
+        R, D = x.shape
+        s = torch.empty_like(b)
+        a = c.clone()
+        saved = []
+        for i in range(D):
+            if i % NADELogits.anchor == 0:
+                saved.append(a.clone())
+            s[:, i] = torch.sigmoid(a) @ V[:, i]
+            a.addr_(x[:, i], W[i])
+        s += b
+        ctx.save_for_backward(x, W, V, a, *saved)
+        return s
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W, V, a, *saved = ctx.saved_tensors
+        R, D = x.shape
+        dW, dV = torch.zeros_like(W), torch.zeros_like(V)
+        d = torch.zeros_like(a)                    # dL/da_{i+1}
+        for i in range(D - 1, -1, -1):
+            dW[i] = x[:, i] @ d
+            if i % NADELogits.anchor == 0:
+                a = saved[i // NADELogits.anchor]
+            else:
+                a = a - torch.outer(x[:, i], W[i])  # a_i from a_{i+1}
+            h = torch.sigmoid(a)
+            gi = g[:, i]
+            dV[:, i] = gi @ h
+            d = d + torch.outer(gi, V[:, i]) * h * (1 - h)
+        return None, g, d, dW, dV
+
+
 class NADE(nn.Module):
     """NADE (Larochelle & Murray 2011), top prior (n_y = 0) or conditional:
     a_i = c' + sum_{m<i} x_m W_m,   p(x_i = 1 | x_<i, y) = sigmoid(b'_i + sigmoid(a_i) . V_:,i)
     with b' = b + y U_b and c' = c + y U_c for a conditional layer.
 
-    log_prob is vectorised over units with an exclusive cumulative sum, [rows, n_x, H]
-    of working memory, in chunks of rows; sampling runs over units, batched over rows.
+    log_prob runs over units with ``NADELogits`` (O(n_x H) per row, [rows, H] working
+    memory); sampling runs over units too, batched over all rows.
     hidden: H (default n_x for a top prior, min(n_x, n_y) otherwise).
     """
-
-    chunk_bytes = 2 ** 27   # working memory per chunk of rows in log_prob
 
     def __init__(self, n_x: int, n_y: int = 0, hidden: int | None = None, clamp: bool = False):
         super().__init__()
@@ -251,16 +300,8 @@ class NADE(nn.Module):
 
     def log_prob(self, x, y=None):
         b, c = self._biases(y, 1 if y is not None else x.shape[0])
-        rows = max(1, self.chunk_bytes // (4 * self.n_x * self.H))
-        out = []
-        for s in range(0, x.shape[0], rows):
-            xs = x[s:s + rows]
-            contrib = xs[:, :-1, None] * self.W[:-1]                                # [r, n_x-1, H]
-            a = F.pad(torch.cumsum(contrib, 1), (0, 0, 1, 0))                       # exclusive sum
-            h = torch.sigmoid(a + c[s:s + rows, None, :])                           # [r, n_x, H]
-            logits = b[s:s + rows] + torch.einsum("rdh,hd->rd", h, self.V)          # [r, n_x]
-            out.append(bernoulli_log_prob(logits, xs, self.clamp))
-        return torch.cat(out)
+        logits = NADELogits.apply(x, b, c, self.W, self.V)
+        return bernoulli_log_prob(logits, x, self.clamp)
 
     def sample(self, y, n=1, generator=None):
         with torch.no_grad():
@@ -270,7 +311,7 @@ class NADE(nn.Module):
             for i in range(self.n_x):
                 logit = b[:, i] + torch.sigmoid(a) @ self.V[:, i]
                 x[:, i] = bernoulli_sample(logit, generator, self.clamp)
-                a += x[:, i:i + 1] * self.W[i]
+                a.addr_(x[:, i], self.W[i])
         y_rep = None if y is None else repeat_rows(y, n)
         return x, self.log_prob(x, y_rep)
 
