@@ -208,9 +208,15 @@ def run(config: dict, out: str | Path | None = None, workers: int = 1,
     if todo:
         submit, as_completed, close = _executor(workers, scheduler)
         try:
-            futures = [submit(run_cell, dataclasses.asdict(cfg), str(d)) for cfg, d in todo]
-            for fut in as_completed(futures):
-                s = fut.result()
+            futures = {submit(run_cell, dataclasses.asdict(cfg), str(d)): (cfg, d) for cfg, d in todo}
+            for fut in as_completed(list(futures)):
+                try:
+                    s = fut.result()
+                except Exception as e:  # the worker itself died (killed, out of memory)
+                    cfg, d = futures[fut]
+                    s = {"cell": d.name, "status": "failed",
+                         "error": f"worker died: {type(e).__name__}: {e}"}
+                    results.write_json(d / ERROR, {**s, "config": dataclasses.asdict(cfg)})
                 summaries.append(s)
                 tail = f"test log p^ {s['test_ll']:.2f}" if "test_ll" in s else s.get("error", "")
                 log(f"  {s['status']:8s} {s['cell']}  {tail}")

@@ -122,3 +122,21 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
 def test_report_without_records_says_so(tmp_path):
     with pytest.raises(UserError, match="no finished run records"):
         report.report([tmp_path], tmp_path / "out")
+
+
+def test_a_worker_that_dies_fails_its_cell_not_the_sweep(tmp_path, monkeypatch):
+    import os
+    cfg = config(model=["sbn:5"], K=[2, 3])
+    cells = sweep.expand(cfg)
+    doomed = sweep.cell_id(cells[0])
+    real = sweep.run_cell
+
+    def maybe_die(cfg_dict, run_dir):
+        if run_dir.endswith(doomed):
+            os._exit(9)          # as if killed
+        return real(cfg_dict, run_dir)
+
+    monkeypatch.setattr(sweep, "run_cell", maybe_die)
+    summaries = sweep.run(cfg, tmp_path, workers=1, scheduler="local", log=lambda *_: None)
+    status = {s["cell"]: s["status"] for s in summaries}
+    assert status[doomed] == "failed" and (tmp_path / doomed / "error.json").exists()
