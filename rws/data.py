@@ -17,6 +17,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -163,7 +164,7 @@ def load(name: str) -> dict[str, torch.Tensor]:
     try:
         with np.load(path) as npz:
             arrays = {s: npz[s] for s in SPLITS}
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"data file {path} cannot be read ({e}); reinstall or re-download it") from None
     out = {}
     for split in SPLITS:
@@ -184,8 +185,9 @@ def load_file(path: str | Path) -> dict[str, torch.Tensor]:
                 raise UserError(f"data file {path} lacks the arrays {missing}; "
                                 "it needs train, valid and test")
             arrays = {s: npz[s] for s in SPLITS}
-    except (OSError, ValueError) as e:
-        raise UserError(f"data file {path} cannot be read ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"data file {path} cannot be read ({e}); it may be truncated or not "
+                        "an .npz file") from None
     dim = arrays["train"].shape[-1] if arrays["train"].ndim == 2 else None
     for s in SPLITS:
         check_binary(arrays[s], f"{path.name}/{s}", dim)

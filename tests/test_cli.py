@@ -122,3 +122,35 @@ def test_missing_checkpoint(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     p = rws("train", "--data", "mnist", "--out", tmp_path, "--debug")
     assert p.returncode == 2 and "Traceback" in p.stderr
+
+
+def _npz(path, train, valid=None, test=None):
+    np.savez(path, train=train, valid=train if valid is None else valid,
+             test=train if test is None else test)
+    return path
+
+
+def test_data_with_nan(tmp_path):
+    x = np.zeros((4, 5))
+    x[1, 2] = np.nan
+    bad(["train", "--data", _npz(tmp_path / "nan.npz", x), "--out", tmp_path / "o"], "NaN")
+
+
+def test_data_with_the_wrong_dimension(tmp_path):
+    path = _npz(tmp_path / "dims.npz", np.zeros((4, 5), np.uint8), np.zeros((4, 6), np.uint8))
+    bad(["train", "--data", path, "--out", tmp_path / "o"], "expected 5 columns, got 6")
+
+
+def test_truncated_data_file(tmp_path):
+    path = _npz(tmp_path / "whole.npz", np.zeros((400, 5), np.uint8))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(path.read_bytes()[:300])
+    bad(["train", "--data", cut, "--out", tmp_path / "o"], "cannot be read")
+
+
+def test_bad_sweep_config_file(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[grid]\nmodel = ["sbn:5"]\nK = [0]\n')
+    bad(["sweep", cfg], "K must be >= 1")
+    cfg.write_text("[grid\n")
+    bad(["sweep", cfg], "cannot be parsed")
