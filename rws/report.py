@@ -3,7 +3,8 @@
 Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) and every
 ``eval-*.json`` (from ``rws eval``) below the given directories, and writes
 
-    tables/test_ll.{md,csv}          paper-style: test log p^_K by model and method
+    tables/test_ll.{md,csv}          paper-style: test log p^_K by model and method (the
+                                     best run of each; its largest-K test evaluation)
     tables/runs.{md,csv}             one row per run: K, epochs, test LL +- SE, s/epoch
     tables/seconds_per_epoch.{md,csv}
     figures/ll_vs_train_k.{png,svg}  test LL against training K, one line per model/method
@@ -77,17 +78,33 @@ def _write_table(df: pd.DataFrame, out: Path, name: str) -> None:
     (out / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
 
 
+def with_largest_eval(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
+    """Each run's test LL from its largest-K test evaluation (``rws eval``) where there is
+    one larger than the K of its training record."""
+    if runs.empty or evals.empty:
+        return runs
+    test = evals[evals.split == "test"].sort_values("eval_K").groupby("run").tail(1)
+    merged = runs.merge(test[["run", "eval_K", "ll", "se"]], on="run", how="left")
+    better = merged.eval_K.notna() & (merged.eval_K > merged.test_k)
+    merged.loc[better, "test_ll"] = merged.loc[better, "ll"]
+    merged.loc[better, "test_se"] = merged.loc[better, "se"]
+    merged.loc[better, "test_k"] = merged.loc[better, "eval_K"].astype(int)
+    return merged.drop(columns=["eval_K", "ll", "se"])
+
+
 def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
     if runs.empty:
         return
+    runs = with_largest_eval(runs, evals)
     cols = ["data", "model", "method", "K", "epochs", "test_ll", "test_se", "test_k",
             "seconds_per_epoch", "parameters", "seed"]
     _write_table(runs[cols].sort_values(["data", "model", "method", "K"]), out, "runs")
-    cell = runs.assign(value=runs.test_ll.map("{:.2f}".format) + " ± " + runs.test_se.map("{:.2f}".format)
-                       + " (K=" + runs.test_k.astype(str) + ")")
+    cell = runs.assign(value=runs.test_ll.map("{:.2f}".format) + " ± "
+                       + runs.test_se.map("{:.2f}".format) + " (K=" + runs.K.astype(str)
+                       + ", eval K=" + runs.test_k.astype(int).astype(str) + ")")
     best = cell.sort_values("test_ll").groupby(["data", "model", "method"]).tail(1)
     paper = best.pivot_table(index=["data", "model"], columns="method", values="value",
-                             aggfunc="first").reset_index()
+                             aggfunc="first").reset_index().fillna("")
     _write_table(paper, out, "test_ll")
     speed = runs.pivot_table(index=["model", "K"], columns="method", values="seconds_per_epoch",
                              aggfunc="median").reset_index()

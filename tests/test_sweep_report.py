@@ -89,11 +89,11 @@ def fixture_record(run_dir, model, method, K, ll, options=None):
            "K": K, "seed": 0, "batch_size": 100, "lr": 1e-3, "method_options": options or {}},
            "epochs_done": 2, "best_epoch": 2, "seconds_per_epoch": 0.5 * K,
            "model": {"parameters": 100},
-           "test": {"ll": ll, "se": 0.3, "K": 1000},
+           "test": {"ll": ll - 1, "se": 0.3, "K": 100},
            "epochs": [{"epoch": 1, "train_ll": ll - 5, "seconds": 0.5 * K, "valid_ll": ll - 2},
                       {"epoch": 2, "train_ll": ll - 3, "seconds": 0.5 * K, "valid_ll": ll}]}
     (run_dir / "record.json").write_text(json.dumps(rec))
-    for eval_k, d in ((10, -3), (100, -1), (1000, 0)):
+    for eval_k, d in ((10, -3), (100, -1), (1000, 0)):   # record's test K is 100 below
         (run_dir / f"eval-test-K{eval_k}.json").write_text(json.dumps(
             {"K": eval_k, "ll": ll + d, "se": 0.3, "split": "test", "config": rec["config"]}))
 
@@ -114,7 +114,8 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
         assert (tmp_path / "out" / "figures" / f"{name}.svg").exists()
     table = (tmp_path / "out" / "tables" / "test_ll.md").read_text()
     assert "rws (wake+sleep)" in table and "rws (wake)" in table and "ws" in table
-    assert "-93.00 ± 0.30 (K=1000)" in table        # the best K of each model/method
+    # the best run of each model/method, scored by its largest-K test evaluation
+    assert "-93.00 ± 0.30 (K=25, eval K=1000)" in table
     csv = (tmp_path / "out" / "tables" / "runs.csv").read_text().splitlines()
     assert len(csv) == 1 + 5
 
