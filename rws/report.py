@@ -143,15 +143,19 @@ def figures(runs: pd.DataFrame, epochs: pd.DataFrame, evals: pd.DataFrame, out: 
         ax.set(xscale="log", xlabel="evaluation samples K", ylabel="log p^_K (nats)",
                title="Log-likelihood estimate against evaluation K")
         save(fig, "ll_vs_eval_k")
-    v = epochs.dropna(subset=["valid_ll"]) if not epochs.empty else epochs
-    if not v.empty:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-        d = v.assign(series=v.model + " " + v.method + " K=" + v.K.astype(str))
-        sns.lineplot(d, x="epoch", y="valid_ll", hue="series", marker="o", ax=axes[0], legend=False)
-        sns.lineplot(d, x="wall_seconds", y="valid_ll", hue="series", marker="o", ax=axes[1])
-        axes[0].set(ylabel="validation log p^ (nats)", title="against epoch")
+    if not epochs.empty:
+        # the training estimate log p^_K exists for every epoch; validation where it ran
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        d = epochs.assign(series=epochs.model + " " + epochs.method + " K=" + epochs.K.astype(str))
+        for ax, x in zip(axes, ("epoch", "wall_seconds")):
+            sns.lineplot(d, x=x, y="train_ll", hue="series", marker="o", ax=ax,
+                         legend=ax is axes[1], errorbar=None)
+            v = d.dropna(subset=["valid_ll"])
+            ax.scatter(v[x], v.valid_ll, marker="x", color="black", s=20, zorder=3,
+                       label="validation" if ax is axes[1] else None)
+        axes[0].set(ylabel="log p^_K (nats): lines training, x validation", title="against epoch")
         axes[1].set(xlabel="training seconds (evaluation excluded)", title="against wall-clock")
-        axes[1].legend(fontsize=7, loc="lower right")
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         save(fig, "ll_vs_epoch")
     if not runs.empty:
         fig, ax = plt.subplots(figsize=(7, 4))
