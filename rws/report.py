@@ -132,16 +132,20 @@ def figures(runs: pd.DataFrame, epochs: pd.DataFrame, evals: pd.DataFrame, out: 
     if not runs.empty and runs.groupby(["model", "method"]).K.nunique().max() > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
         d = runs.assign(series=runs.model + " " + runs.method)
-        sns.lineplot(d, x="K", y="test_ll", hue="series", marker="o", ax=ax, errorbar=None)
+        swept = d.groupby("series").K.transform("nunique") > 1     # only series over K
+        sns.lineplot(d[swept], x="K", y="test_ll", hue="series", marker="o", ax=ax, errorbar=None)
         ax.set(xscale="log", xlabel="training samples K", ylabel="test log p^ (nats)",
                title="Test log-likelihood against training K")
+        ax.legend(fontsize=8, loc="lower right")
         save(fig, "ll_vs_train_k")
-    if not evals.empty:
+    if not evals.empty and evals.groupby("run").eval_K.nunique().max() > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
         d = evals.assign(series=evals.model.astype(str) + " " + evals.method.astype(str))
+        d = d[d.groupby("run").eval_K.transform("nunique") > 1]   # runs evaluated at several K
         sns.lineplot(d, x="eval_K", y="ll", hue="series", marker="o", ax=ax, errorbar=None)
         ax.set(xscale="log", xlabel="evaluation samples K", ylabel="log p^_K (nats)",
                title="Log-likelihood estimate against evaluation K")
+        ax.legend(fontsize=8, loc="lower right")
         save(fig, "ll_vs_eval_k")
     if not epochs.empty:
         # the training estimate log p^_K exists for every epoch; validation where it ran
