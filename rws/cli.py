@@ -161,8 +161,8 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     import torch
 
-    from rws import data, estimate, results, zoo
-    from rws.train import resolve_device
+    from rws import data, results, zoo
+    from rws.train import evaluate, resolve_device
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -172,9 +172,7 @@ def cmd_eval(args) -> None:
     model = zoo.build(cfg["model"], x.shape[1]).to(device)
     best = state.get("best") or {}
     model.load_state_dict(best.get("model") or state["model"])   # the best validated epoch
-    g = torch.Generator(device=device).manual_seed(args.seed)
-    r = estimate.log_likelihood(model, x, args.K, generator=g, rows=args.rows, device=device,
-                                progress=not args.no_progress, desc=args.split)
+    r = evaluate(model, x, args.K, args.seed, device, not args.no_progress, args.split, args.rows)
     print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {best.get('epoch') or state['epoch']}): {r}"
           f"  [{r.seconds:.1f} s]")
     if not args.no_save:

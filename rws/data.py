@@ -89,7 +89,8 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _info(name: str) -> DatasetInfo:
+def lookup(name: str) -> DatasetInfo:
+    """The registry entry of ``name``, or a UserError listing the known names."""
     if name not in REGISTRY:
         raise UserError(f"unknown data set '{name}'; choose one of: {', '.join(REGISTRY)} "
                         "(see `rws datasets`)")
@@ -153,7 +154,7 @@ def check_binary(array: np.ndarray, what: str, dim: int | None = None) -> None:
 
 def load(name: str) -> dict[str, torch.Tensor]:
     """Return {'train','valid','test'} -> uint8 tensors [N, D] after checking sha256 and 0/1."""
-    info = _info(name)
+    info = lookup(name)
     path, expected = _path_and_checksum(info)
     if expected is not None:
         actual = sha256_of(path)

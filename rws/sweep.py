@@ -124,8 +124,8 @@ def validate(cfg: TrainConfig, cell: dict) -> None:
         cfg.check()
         zoo.parse(cfg.model)
         methods.method_class(cfg.method)
-        if not cfg.data.endswith(".npz") and cfg.data not in datasets.REGISTRY:
-            datasets.load(cfg.data)   # raises the registry's message
+        if not cfg.data.endswith(".npz"):
+            datasets.lookup(cfg.data)
     except UserError as e:
         raise UserError(f"sweep config: cell {cell}: {e}") from None
 
