@@ -22,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from rws.layers import repeat_rows
 from rws.methods import Method
 
 
@@ -59,7 +60,9 @@ class NVIL(Method):
         hs, log_q = self.model.sample_q(x, self.K, generator)
         log_p = self.model.log_p_layers(hs)
         signals = self.local_signals(log_p, log_q).detach()                       # [L, N]
-        C = torch.stack([b(2 * h - 1).squeeze(-1) for b, h in zip(self.baselines, hs)])
+        N = signals.shape[1]                       # x (hs[0]) is given once per point
+        C = torch.stack([repeat_rows(b(2 * h - 1).squeeze(-1), N // h.shape[0])
+                         for b, h in zip(self.baselines, hs)])
         residual = signals - C                                                      # [L, N]
         with torch.no_grad():
             r = residual.detach()

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rws import int8, rng
+
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
     """sum_i log Bern(x_i | sigmoid(a_i)) over the last axis: [..., D] -> [...].
@@ -46,7 +48,7 @@ def bernoulli_sample(logits: torch.Tensor, generator: torch.Generator | None,
         if clamp:
             p = 0.9999 * p + 5e-6
         # u < p with u ~ U(0, 1): 4x faster than torch.bernoulli on CPU
-        u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+        u = rng.uniform(p.shape, generator, p.device, p.dtype)
         return (u < p).to(p.dtype)
 
 
@@ -61,6 +63,16 @@ def repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t if n == 1 else t.repeat_interleave(n, 0)
 
 
+def match_rows(x: torch.Tensor, y: torch.Tensor | None):
+    """x, y with equal rows: the one given once per point ([N]) is repeated to the other's
+    interleaved [N*n] rows. ``log_prob(x, y)`` accepts either side once per point."""
+    if y is None or x.shape[0] == y.shape[0]:
+        return x, y
+    if x.shape[0] < y.shape[0]:
+        return repeat_rows(x, y.shape[0] // x.shape[0]), y
+    return x, repeat_rows(y, x.shape[0] // y.shape[0])
+
+
 class BernoulliLayer(nn.Module):
     """Base of layers whose units are Bernoulli given one vector of logits.
 
@@ -68,6 +80,11 @@ class BernoulliLayer(nn.Module):
     Sampling and scoring share the logits, so a sample costs one forward pass. The n
     samples of a row share its logits without copying them: log-probabilities broadcast
     [N, 1, n_x] logits against [N, n, n_x] samples, so softplus runs once per row.
+
+    Layers whose logits end in a linear map, a = f(y) W^T + b, also define ``features``
+    (f) and ``head`` ((W, b)). When one x is scored under n contexts (the data term of
+    K proposals) in inference, x . a = f(y) . (x W) + x . b needs one matrix-vector
+    product per point instead of an elementwise product over every [n, n_x] logit.
     """
 
     n_x: int
@@ -76,6 +93,25 @@ class BernoulliLayer(nn.Module):
 
     def logits(self, y: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
+
+    features = None      # y [N, n_y] -> f(y) [N, F], for layers with a linear head
+
+    def head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W [n_x, F], b [n_x]) of a = f(y) W^T + b."""
+        raise NotImplementedError
+
+    def head_logits(self, f: torch.Tensor) -> torch.Tensor:
+        W, b = self.head()
+        return F.linear(f, W, b)
+
+    def _shared_value_log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(x_b | y_bk) for x [N, n_x] and y [N*n, n_y] (inference only): [N*n]."""
+        N = x.shape[0]
+        f = self.features(y)                                   # [N*n, F]
+        a = self.head_logits(f)                                # [N*n, n_x]
+        W, b = self.head()
+        xa = torch.bmm(f.view(N, -1, f.shape[1]), (x @ W)[:, :, None]).view(N, -1)  # [N, n]
+        return (xa + (x @ b)[:, None]).view(-1) - F.softplus(a).sum(-1)
 
     def sample(self, y: torch.Tensor | None, n: int = 1,
                generator: torch.Generator | None = None):
@@ -86,7 +122,20 @@ class BernoulliLayer(nn.Module):
         return x.view(N * n, self.n_x), log_p.view(N * n)
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return bernoulli_log_prob(self.logits(y), x, self.clamp)   # top: [1, n_x] broadcasts
+        """log p(x | y) [rows]. x [N*n, n_x] with y [N, n_y] (context once per point: logits
+        once, broadcast), x [N, n_x] with y [N*n, n_y] (value once per point: broadcast,
+        not copied), or equal rows. Top prior: y None, [1, n_x] logits broadcast."""
+        if (y is not None and y.shape[0] > x.shape[0] and self.features is not None
+                and not self.clamp and not torch.is_grad_enabled()):
+            return self._shared_value_log_prob(x, y)
+        a = self.logits(y)
+        if y is None or a.shape[0] == x.shape[0]:
+            return bernoulli_log_prob(a, x, self.clamp)
+        if x.shape[0] > a.shape[0]:                            # [N, 1, n_x] vs [N, n, n_x]
+            N = a.shape[0]
+            return bernoulli_log_prob(a[:, None], x.view(N, -1, self.n_x), self.clamp).reshape(-1)
+        N = x.shape[0]                                         # [N, n, n_x] vs [N, 1, n_x]
+        return bernoulli_log_prob(a.view(N, -1, self.n_x), x[:, None], self.clamp).reshape(-1)
 
 
 class SBNTop(BernoulliLayer):
@@ -105,6 +154,9 @@ class SBN(BernoulliLayer):
     """Sigmoid belief layer p(x_j = 1 | y) = sigmoid((W y)_j + b_j) (Neal 1992).
 
     W: [n_x, n_y] (torch's Linear layout), default_weights; b: [n_x] = -1.
+    y is binary (data or samples of a Bernoulli layer): in inference mode on a CPU with
+    int8 units the product runs as exact int8 GEMMs (``rws.int8``), the weight pieces cut
+    once per weight version.
     """
 
     def __init__(self, n_x: int, n_y: int, clamp: bool = False):
@@ -112,9 +164,24 @@ class SBN(BernoulliLayer):
         self.n_x, self.n_y, self.clamp = n_x, n_y, clamp
         self.W = nn.Parameter(default_weights(n_y, n_x))
         self.b = nn.Parameter(torch.full((n_x,), -1.0))
+        self._pieces = None           # (weight version, Q, scale) of the int8 path
+
+    def features(self, y):
+        return y
+
+    def head(self):
+        return self.W, self.b
+
+    def head_logits(self, y):
+        if torch.is_inference_mode_enabled() and int8.enabled(y.device):
+            key = (self.W.data_ptr(), self.W._version)
+            if self._pieces is None or self._pieces[0] != key:
+                self._pieces = (key, *int8.split(self.W))
+            return int8.binary_linear(y, self._pieces[1], self._pieces[2], self.b)
+        return F.linear(y, self.W, self.b)  # [N, n_x]
 
     def logits(self, y):
-        return F.linear(y, self.W, self.b)  # [N, n_x]
+        return self.head_logits(y)
 
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
@@ -169,6 +236,12 @@ class DSBN(BernoulliLayer):
         self.out = nn.Linear(self.mlp.n_out, n_x)
         init_linear(self.out, init)
 
+    def features(self, y):
+        return self.mlp(y)
+
+    def head(self):
+        return self.out.weight, self.out.bias
+
     def logits(self, y):
         return self.out(self.mlp(y))
 
@@ -199,6 +272,7 @@ class DARN(nn.Module):
         return repeat_rows(y @ self.U + self.b, n)
 
     def log_prob(self, x, y=None):
+        x, y = match_rows(x, y)
         logits = self._base(y, 1 if y is not None else x.shape[0]) + x @ (self.W * self.mask)
         return bernoulli_log_prob(logits, x, self.clamp)
 
@@ -299,6 +373,7 @@ class NADE(nn.Module):
         return repeat_rows(y @ self.Ub + self.b, n), repeat_rows(y @ self.Uc + self.c, n)
 
     def log_prob(self, x, y=None):
+        x, y = match_rows(x, y)
         b, c = self._biases(y, 1 if y is not None else x.shape[0])
         logits = NADELogits.apply(x, b, c, self.W, self.V)
         return bernoulli_log_prob(logits, x, self.clamp)
@@ -354,8 +429,11 @@ class Gaussian(nn.Module):
         return self.mu(d), self.log_sigma(d)
 
     def log_prob(self, x, y=None):
-        mu, log_sigma = self.params(y)
-        return normal_log_prob(x, mu, log_sigma)
+        if x.shape[0] < y.shape[0]:                    # value once per point
+            x, y = match_rows(x, y)
+        mu, log_sigma = self.params(y)                 # context once per point: repeat after
+        n = x.shape[0] // mu.shape[0]
+        return normal_log_prob(x, repeat_rows(mu, n), repeat_rows(log_sigma, n))
 
     def sample(self, y, n=1, generator=None, reparam=False):
         mu, log_sigma = self.params(y)

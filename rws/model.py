@@ -36,11 +36,16 @@ class HelmholtzMachine(nn.Module):
     def sample_q(self, x: torch.Tensor, K: int, generator=None, reparam: bool = False):
         """h ~ q(h | x), K per point.
 
-        x: [B, D] -> (hs, log_q) with hs = [x_rep [B*K, D], h_1 [B*K, n_1], ...] and
-        log_q = per-layer [B*K]. Samples are detached unless ``reparam`` (Gaussian layers).
+        x: [B, D] -> (hs, log_q) with hs = [x [B, D], h_1 [B*K, n_1], ...] and
+        log_q = per-layer [B*K]. x is kept once per point (layers broadcast it over its K
+        samples). Samples are detached unless ``reparam`` (Gaussian layers).
         """
+        if (torch.is_inference_mode_enabled() and x.device.type == "cpu"
+                and not bool(((x == 0) | (x == 1)).all())):
+            raise ValueError("x must be binary (0/1): the model is over binary data, and "
+                             "inference multiplies binary units exactly in int8")
         kw = {"reparam": True} if reparam else {}
-        hs = [x.repeat_interleave(K, 0)]
+        hs = [x]
         log_q = []
         h, n = x, K  # Q_0's logits are computed once per point, then repeated K times
         for layer in self.q_layers:

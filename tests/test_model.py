@@ -26,15 +26,22 @@ def test_dreams_follow_the_joint_distribution(spec):
     assert stats.chisquare(observed.numpy(), expected.numpy()).pvalue > 1e-4
 
 
-def test_proposals_are_laid_out_point_by_point():
-    model = tiny_model("sbn:3-2", seed=1)
+@pytest.mark.parametrize("spec", ["sbn:3-2", "sbn[clamp=1]/sbn:3", "dsbn[hidden=3]:3-2",
+                                  "darn:3-2", "nade[hidden=2]:3", "sbn/nade:3", "gauss[hidden=4]:3"])
+def test_proposals_are_laid_out_point_by_point(spec):
+    model = tiny_model(spec, seed=1)
     x = all_states(5)[[3, 17, 30]]
     hs, log_q = model.sample_q(x, 4, torch.Generator().manual_seed(0))
-    assert torch.equal(hs[0], x.repeat_interleave(4, 0))               # row b*K + k is x_b
-    assert [h.shape for h in hs] == [(12, 5), (12, 3), (12, 2)]
-    # each proposal's log q is that of its own point
-    recomputed = torch.stack(model.log_q_layers(hs)).sum(0)
+    assert torch.equal(hs[0], x)                                         # x once per point
+    assert [h.shape for h in hs] == [(3, 5)] + [(12, n) for n in model.sizes[1:]]
+    # each proposal's log q and log p is that of its own point (row b*K + k is x_b):
+    # x once per point gives what x repeated row by row gives
+    repeated = [x.repeat_interleave(4, 0)] + hs[1:]
+    recomputed = torch.stack(model.log_q_layers(repeated)).sum(0)
     assert torch.allclose(torch.stack(log_q).sum(0), recomputed, atol=1e-6)
+    assert torch.allclose(torch.stack(model.log_q_layers(hs)).sum(0), recomputed, atol=1e-6)
+    for a, b in zip(model.log_p_layers(hs), model.log_p_layers(repeated)):
+        assert a.shape == (12,) and torch.allclose(a, b, atol=1e-6)
     log_p, lq = model.log_joint(x, 4, torch.Generator().manual_seed(0))
     assert log_p.shape == lq.shape == (3, 4)
 

@@ -1,0 +1,35 @@
+"""Uniform random numbers for Bernoulli sampling, fast on a CPU.
+
+torch's CPU generator (mt19937) fills a float tensor one number at a time, at about
+2 ns a number here: with K samples of a few hundred units per point it costs a sixth
+of an evaluation. For large CPU requests ``uniform`` instead draws a 64-bit seed from
+the torch generator (so the torch generator still holds the whole random state, and
+checkpoints resume bit for bit) and fills the tensor from NumPy's SFC64 raw output,
+two 24-bit uniforms per 64-bit word, at well under 1 ns a number.
+
+The values are k / 2^24 for k uniform on {0, ..., 2^24 - 1}, the same lattice as
+``torch.rand`` in float32, so P(u < p) = ceil(p 2^24) / 2^24 for either.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+FAST_MIN = 1 << 14      # below this many numbers, seeding costs more than it saves
+_MASK = (1 << 24) - 1
+_SCALE = 2.0 ** -24
+
+
+def uniform(shape, generator: torch.Generator | None = None, device=None,
+            dtype=torch.float32) -> torch.Tensor:
+    """U[0, 1) numbers of ``shape`` from ``generator`` (None: torch's default)."""
+    shape = tuple(shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type != "cpu" or n < FAST_MIN or dtype not in (torch.float32, torch.float64):
+        return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64))
+    raw = np.random.SFC64(seed).random_raw((n + 1) // 2)          # [ceil(n/2)] uint64
+    bits = torch.from_numpy(raw.view(np.int32)[:n])               # [n] int32, 32 random bits
+    u = bits.bitwise_and_(_MASK).to(dtype).mul_(_SCALE)
+    return u.view(shape)
