@@ -8,7 +8,6 @@ from scipy import stats
 
 from rws import int8, rng
 from rws.estimate import log_likelihood
-
 from tests.conftest import tiny_model
 
 
