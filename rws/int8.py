@@ -21,6 +21,7 @@ every step. ``RWS_INT8=0`` turns the path off, ``RWS_INT8=1`` forces it on.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -40,8 +41,24 @@ def _cpu_has_int8_units() -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 
 
+_off = False
+
+
+@contextlib.contextmanager
+def turned_off():
+    """Float32 GEMMs inside the block (the FLOP counter sees only those)."""
+    global _off
+    before, _off = _off, True
+    try:
+        yield
+    finally:
+        _off = before
+
+
 def enabled(device: torch.device) -> bool:
     """True where the int8 path is faster: a CPU with int8 dot-product units."""
+    if _off:
+        return False
     setting = os.environ.get("RWS_INT8", "")
     if setting in ("0", "1"):
         return setting == "1" and device.type == "cpu"

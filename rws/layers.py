@@ -8,7 +8,8 @@ on logits and share one interface:
         y: [N, n_y] context, or None for a top prior.
         With context, draws ``n`` samples per row of y, returned interleaved
         ([N*n, n_x], row i*n + k is sample k of row i); without, ``n`` rows.
-        x carries no gradient; log_p [N*n] keeps the graph of the layer's parameters.
+        x carries no gradient; log_p [N*n] keeps the graph of the layer's parameters
+        (None with ``score=False``, for draws whose probability is not needed).
     log_prob(x, y) -> [N]
 
 Bernoulli log-probabilities are always computed from logits a as
@@ -114,10 +115,12 @@ class BernoulliLayer(nn.Module):
         return (xa + (x @ b)[:, None]).view(-1) - F.softplus(a).sum(-1)
 
     def sample(self, y: torch.Tensor | None, n: int = 1,
-               generator: torch.Generator | None = None):
+               generator: torch.Generator | None = None, score: bool = True):
         a = self.logits(y)[:, None, :]                         # [N, 1, n_x] (top: N = 1)
         N = a.shape[0]
         x = bernoulli_sample(a.expand(N, n, self.n_x), generator, self.clamp)  # [N, n, n_x]
+        if not score:
+            return x.view(N * n, self.n_x), None
         log_p = bernoulli_log_prob(a, x, self.clamp)          # [N, n]
         return x.view(N * n, self.n_x), log_p.view(N * n)
 
@@ -276,7 +279,7 @@ class DARN(nn.Module):
         logits = self._base(y, 1 if y is not None else x.shape[0]) + x @ (self.W * self.mask)
         return bernoulli_log_prob(logits, x, self.clamp)
 
-    def sample(self, y, n=1, generator=None):
+    def sample(self, y, n=1, generator=None, score=True):
         with torch.no_grad():
             acc = self._base(y, n).clone()                 # running logits [N*n, n_x]
             Wm = self.W * self.mask
@@ -284,8 +287,7 @@ class DARN(nn.Module):
             for j in range(self.n_x):
                 x[:, j] = bernoulli_sample(acc[:, j], generator, self.clamp)
                 acc += x[:, j:j + 1] * Wm[j]               # unit j feeds units > j
-        y_rep = None if y is None else repeat_rows(y, n)
-        return x, self.log_prob(x, y_rep)
+        return x, (self.log_prob(x, y) if score else None)
 
 
 class DARNTop(DARN):
@@ -378,7 +380,7 @@ class NADE(nn.Module):
         logits = NADELogits.apply(x, b, c, self.W, self.V)
         return bernoulli_log_prob(logits, x, self.clamp)
 
-    def sample(self, y, n=1, generator=None):
+    def sample(self, y, n=1, generator=None, score=True):
         with torch.no_grad():
             b, c = self._biases(y, n)
             a = c.clone()                                  # [N*n, H]
@@ -387,8 +389,7 @@ class NADE(nn.Module):
                 logit = b[:, i] + torch.sigmoid(a) @ self.V[:, i]
                 x[:, i] = bernoulli_sample(logit, generator, self.clamp)
                 a.addr_(x[:, i], self.W[i])
-        y_rep = None if y is None else repeat_rows(y, n)
-        return x, self.log_prob(x, y_rep)
+        return x, (self.log_prob(x, y) if score else None)
 
 
 class NADETop(NADE):
@@ -435,14 +436,14 @@ class Gaussian(nn.Module):
         n = x.shape[0] // mu.shape[0]
         return normal_log_prob(x, repeat_rows(mu, n), repeat_rows(log_sigma, n))
 
-    def sample(self, y, n=1, generator=None, reparam=False):
+    def sample(self, y, n=1, generator=None, reparam=False, score=True):
         mu, log_sigma = self.params(y)
         mu, log_sigma = repeat_rows(mu, n), repeat_rows(log_sigma, n)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(log_sigma) * eps
         if not reparam:
             z = z.detach()
-        return z, normal_log_prob(z, mu, log_sigma)
+        return z, (normal_log_prob(z, mu, log_sigma) if score else None)
 
 
 class StandardNormal(nn.Module):
@@ -458,9 +459,9 @@ class StandardNormal(nn.Module):
     def log_prob(self, x, y=None):
         return (-0.5 * x ** 2 - 0.5 * LOG_2PI).sum(-1)
 
-    def sample(self, y, n=1, generator=None, reparam=False):
+    def sample(self, y, n=1, generator=None, reparam=False, score=True):
         z = torch.randn((n, self.n_x), generator=generator, device=self.zero.device)
-        return z, self.log_prob(z)
+        return z, (self.log_prob(z) if score else None)
 
 
 class MLPBernoulli(DSBN):

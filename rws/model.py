@@ -85,9 +85,9 @@ class HelmholtzMachine(nn.Module):
     @torch.no_grad()
     def sample_p(self, n: int, generator=None) -> list[torch.Tensor]:
         """Ancestral samples ("dreams") from P: [x [n, D], h_1 [n, n_1], ..., h_L]."""
-        h, _ = self.p_layers[-1].sample(None, n, generator)
+        h, _ = self.p_layers[-1].sample(None, n, generator, score=False)
         hs = [h]
         for layer in reversed(self.p_layers[:-1]):
-            h, _ = layer.sample(h, 1, generator)
+            h, _ = layer.sample(h, 1, generator, score=False)
             hs.append(h)
         return hs[::-1]

@@ -102,8 +102,8 @@ def train_step(method, optimizer, x, generator, micro: int):
         (loss * (xs.shape[0] / B)).backward()
         finite &= torch.isfinite(loss)
         ll += stats["train_ll"].detach() * (xs.shape[0] / B)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, math.inf)
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm(grads)
     if not bool(finite & torch.isfinite(grad_norm)):
         return False, ll
     optimizer.step()

@@ -37,3 +37,17 @@ def test_training_timer_reports_consistent_rates():
     assert row.seconds_per_epoch == pytest.approx(row.seconds_per_step * 3)
     assert row.gflops == pytest.approx(row.gflop_per_step / row.seconds_per_step)
     assert row.fraction_of_matmul == pytest.approx(row.gflops / 100.0)
+
+
+def test_evaluation_flops_are_the_float32_products_of_the_proposals():
+    """Q_0 once per point, P_0 once per proposal, and the data term's x W (once per
+    point) and its matrix-vector product with each proposal; the int8 path is counted
+    as the float32 computation it replaces."""
+    from rws import int8
+    torch.manual_seed(0)
+    model = zoo.build("sbn:200", 784)
+    x = torch.bernoulli(torch.full((2, 784), 0.2))
+    B, K, D, n = 2, 300, 784, 200
+    with torch.inference_mode(), int8.turned_off():
+        flops = bench.count_flops(lambda: model.log_weights(x, K))
+    assert flops == 2 * B * D * n + 2 * B * K * n * D + 2 * B * D * n + 2 * B * K * n
