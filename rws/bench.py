@@ -1,17 +1,20 @@
 """Speed measured against the machine: `rws bench`.
 
-Every rate is reported as a ratio to the float32 matrix-multiply rate measured at the
-start of the same process, so the machine's own speed (and a noisy neighbour) cancels
-out as far as possible. The FLOP model of a training step or an evaluation chunk is the
+Every rate is reported as a ratio to the float32 matrix-multiply rate measured in the
+same process, just before each timed repeat (the fraction is the median over repeats),
+so the machine's own speed, and a neighbour that slows it for a while, cancel out as far
+as possible. The FLOP model of a training step or an evaluation chunk is the
 count of the matrix-multiply FLOPs it executes (torch's FlopCounterMode over one step:
 forward and backward); a test checks that for an SBN this count equals the minimal
-hand-derived one, so no wasted multiply inflates the rate.
+hand-derived one, so no wasted multiply inflates the rate. Evaluation counts the float32
+products that its exact int8 path (``rws.int8``) replaces.
 """
 from __future__ import annotations
 
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -77,10 +80,23 @@ def _setup(case: Case, train_x, device):
     return model, method, opt, micro
 
 
-def time_training(case: Case, train_x, peak: float, steps: int, device="cpu",
+def _rates(peak) -> Callable[[], float]:
+    return peak if callable(peak) else (lambda: peak)
+
+
+def _row(name, seconds, per_epoch, flops, peaks) -> Row:
+    """Medians over repeats; each repeat's fraction uses the calibration taken just
+    before it, so a neighbour that slows the machine mid-run slows both."""
+    dt = statistics.median(seconds)
+    fraction = statistics.median(flops / t / 1e9 / p for t, p in zip(seconds, peaks))
+    return Row(name, dt, per_epoch(dt), flops / 1e9, flops / dt / 1e9, fraction)
+
+
+def time_training(case: Case, train_x, peak, steps: int, device="cpu",
                   repeats: int = 3) -> Row:
     """Seconds per step (median of ``repeats`` timings of ``steps`` steps) and the
-    epoch time it implies for the whole training set."""
+    epoch time it implies for the whole training set. ``peak``: the matmul GFLOP/s, or
+    a function that measures it (called before each repeat)."""
     model, method, opt, micro = _setup(case, train_x, device)
     g = torch.Generator(device=device).manual_seed(0)
     B = case.batch_size
@@ -88,20 +104,20 @@ def time_training(case: Case, train_x, peak: float, steps: int, device="cpu",
     flops = count_flops(lambda: train_step(method, opt, batches[0], g, micro))
     for x in batches[:3]:
         train_step(method, opt, x, g, micro)           # warm-up
-    times = []
+    times, peaks = [], []
     for _ in range(repeats):
+        peaks.append(_rates(peak)())
         t = time.perf_counter()
         for x in batches:
             train_step(method, opt, x, g, micro)
         _sync(device)
         times.append((time.perf_counter() - t) / steps)
-    dt = statistics.median(times)
-    per_epoch = dt * math.ceil(len(train_x) / B)
-    return Row(case.name, dt, per_epoch, flops / 1e9, flops / dt / 1e9, flops / dt / 1e9 / peak)
+    return _row(case.name, times, lambda dt: dt * math.ceil(len(train_x) / B), flops, peaks)
 
 
-def time_evaluation(model_spec: str, x, K: int, peak: float, device="cpu") -> Row:
-    """Large-K log-likelihood throughput on the points x."""
+def time_evaluation(model_spec: str, x, K: int, peak, device="cpu", repeats: int = 3) -> Row:
+    """Large-K log-likelihood throughput on the points x (seconds: median of
+    ``repeats`` evaluations of all of them)."""
     torch.manual_seed(0)
     model = zoo.build(model_spec, x.shape[1]).to(device)
     g = torch.Generator(device=device).manual_seed(0)
@@ -111,12 +127,15 @@ def time_evaluation(model_spec: str, x, K: int, peak: float, device="cpu") -> Ro
         flops_chunk = count_flops(lambda: model.log_weights(probe, min(K, rows), g))
     rows_per_chunk = probe.shape[0] * min(K, rows)
     estimate.log_likelihood(model, x[:2], K, generator=g, device=device)   # warm-up
-    t = time.perf_counter()
-    estimate.log_likelihood(model, x, K, generator=g, device=device)
-    dt = time.perf_counter() - t
+    times, peaks = [], []
+    for _ in range(repeats):
+        peaks.append(_rates(peak)())
+        t = time.perf_counter()
+        estimate.log_likelihood(model, x, K, generator=g, device=device)
+        times.append(time.perf_counter() - t)
     flops = flops_chunk / rows_per_chunk * len(x) * K
-    return Row(f"eval {model_spec} K={K} ({len(x)} points)", dt, float("nan"),
-               flops / 1e9, flops / dt / 1e9, flops / dt / 1e9 / peak)
+    return _row(f"eval {model_spec} K={K} ({len(x)} points)", times, lambda dt: float("nan"),
+                flops, peaks)
 
 
 def time_pyro_rws(train_x, K: int, steps: int, batch_size: int = 100):
@@ -185,21 +204,24 @@ def run(device="cpu", quick=False, pyro=True, log=print) -> dict:
     log(f"device {device} ({name}), {torch.get_num_threads()} threads; float32 matmul "
         f"2048^3: {peak:.1f} GFLOP/s")
     steps = 20 if quick else 100
+    calibrate = lambda: matmul_rate(device, seconds=0.25)   # noqa: E731 (before each repeat)
     rows = []
     header = f"{'case':34s} {'s/step':>9s} {'s/epoch':>8s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} {'of matmul':>9s}"
     log(header)
     for case in (CASES[:2] if quick else CASES):
         steps_here = steps if case.K * case.batch_size <= 1000 else max(5, steps // 5)
-        r = time_training(case, train_x, peak, steps_here, device)
+        r = time_training(case, train_x, calibrate, steps_here, device)
         rows.append(r)
         log(f"{r.case:34s} {r.seconds_per_step * 1e3:7.2f}ms {r.seconds_per_epoch:8.2f} "
             f"{r.gflop_per_step:10.3f} {r.gflops:8.1f} {r.fraction_of_matmul:9.1%}")
-    ev = time_evaluation("sbn:200", test_x[:100 if quick else 500], 1000, peak, device)
+    ev = time_evaluation("sbn:200", test_x[:100 if quick else 200], 1000, calibrate, device)
     rows.append(ev)
     log(f"{ev.case:34s} {ev.seconds_per_step:8.2f}s {'':>8s} {ev.gflop_per_step:10.1f} "
         f"{ev.gflops:8.1f} {ev.fraction_of_matmul:9.1%}")
     k5, k50 = rows[0], rows[1]
-    scaling = {"time_ratio": k50.seconds_per_step / k5.seconds_per_step,
+    # time ratio in calibrated units (seconds x matmul rate), so drift between cases cancels
+    scaling = {"time_ratio": (k50.gflop_per_step / k50.fraction_of_matmul)
+               / (k5.gflop_per_step / k5.fraction_of_matmul),
                "flop_ratio": k50.gflop_per_step / k5.gflop_per_step}
     scaling["deviation"] = scaling["time_ratio"] / scaling["flop_ratio"] - 1
     log(f"K=50 vs K=5: time x{scaling['time_ratio']:.2f}, FLOPs x{scaling['flop_ratio']:.2f} "
