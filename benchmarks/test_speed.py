@@ -49,4 +49,5 @@ def test_eval_chunk(benchmark, K, matmul_gflops, mnist):
         with bench.int8.turned_off():        # the float32 computation's FLOPs
             flops = bench.count_flops(lambda: model.log_weights(x, c, g))
         benchmark.extra_info.update(matmul_gflops=matmul_gflops, gflop=flops / 1e9)
-        benchmark.pedantic(model.log_weights, args=(x, c, g), rounds=15, warmup_rounds=3)
+        with bench.int8.evaluation():        # as in estimate.log_likelihood
+            benchmark.pedantic(model.log_weights, args=(x, c, g), rounds=15, warmup_rounds=3)

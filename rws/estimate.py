@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from rws import int8
+
 
 @dataclass
 class LogLikelihood:
@@ -90,14 +92,15 @@ def log_likelihood(model, data: torch.Tensor, K: int, *, generator=None, rows: i
     was_training = model.training
     model.eval()
     bar = tqdm(total=N, desc=desc, disable=not progress, leave=False, unit="pt")
-    for start in range(0, N, points):
-        x = data[start:start + points].to(device=device, dtype=torch.float32)
-        acc = StreamingLogMeanExp(x.shape[0], device)
-        for s in range(0, K, chunk):
-            acc.add(model.log_weights(x, min(chunk, K - s), generator))
-        per_point[start:start + x.shape[0]] = acc.log_mean().cpu()
-        ess[start:start + x.shape[0]] = acc.ess().cpu()
-        bar.update(x.shape[0])
+    with int8.evaluation():                     # weights fixed: int8 pieces cut once
+        for start in range(0, N, points):
+            x = data[start:start + points].to(device=device, dtype=torch.float32)
+            acc = StreamingLogMeanExp(x.shape[0], device)
+            for s in range(0, K, chunk):
+                acc.add(model.log_weights(x, min(chunk, K - s), generator))
+            per_point[start:start + x.shape[0]] = acc.log_mean().cpu()
+            ess[start:start + x.shape[0]] = acc.ess().cpu()
+            bar.update(x.shape[0])
     bar.close()
     model.train(was_training)
     mean = float(per_point.mean())

@@ -15,9 +15,12 @@ error against float64 is no larger than float32's own). On CPUs with VNNI or AMX
 int8 GEMMs run about 8x faster than float32 ones (1650 vs 198 GOP/s on 2 Zen 5
 cores), so three of them and the recombination take half the float32 time.
 
-Used in inference (evaluation, sampling) only: the pieces are cut once per weight
-version and reused for every chunk. Training keeps float32 GEMMs, whose weights change
-every step. ``RWS_INT8=0`` turns the path off, ``RWS_INT8=1`` forces it on.
+Used only inside ``evaluation()`` blocks (``estimate.log_likelihood`` opens one): the
+pieces are cut once per weight per block and reused for every chunk, so the weights
+must not change inside a block. (A weight version counter is not enough: the fused
+Adam kernel updates parameters without bumping it.) Training keeps float32 GEMMs,
+whose weights change every step. ``RWS_INT8=0`` turns the path off, ``RWS_INT8=1``
+forces it on.
 """
 from __future__ import annotations
 
@@ -42,6 +45,25 @@ def _cpu_has_int8_units() -> bool:
 
 
 _off = False
+_block = 0          # the open evaluation block (0: none, the int8 path is off)
+_blocks_opened = 0
+
+
+@contextlib.contextmanager
+def evaluation():
+    """A block of inference with fixed weights, in which the int8 path may be used."""
+    global _block, _blocks_opened
+    _blocks_opened += 1
+    before, _block = _block, _blocks_opened
+    try:
+        yield
+    finally:
+        _block = before
+
+
+def block() -> int:
+    """The open evaluation block's number (part of the key of cached pieces)."""
+    return _block
 
 
 @contextlib.contextmanager
@@ -56,8 +78,9 @@ def turned_off():
 
 
 def enabled(device: torch.device) -> bool:
-    """True where the int8 path is faster: a CPU with int8 dot-product units."""
-    if _off:
+    """True inside an evaluation block where the int8 path is faster: a CPU with int8
+    dot-product units."""
+    if _off or not _block:
         return False
     setting = os.environ.get("RWS_INT8", "")
     if setting in ("0", "1"):

@@ -157,9 +157,9 @@ class SBN(BernoulliLayer):
     """Sigmoid belief layer p(x_j = 1 | y) = sigmoid((W y)_j + b_j) (Neal 1992).
 
     W: [n_x, n_y] (torch's Linear layout), default_weights; b: [n_x] = -1.
-    y is binary (data or samples of a Bernoulli layer): in inference mode on a CPU with
-    int8 units the product runs as exact int8 GEMMs (``rws.int8``), the weight pieces cut
-    once per weight version.
+    y is binary (data or samples of a Bernoulli layer): in an evaluation block on a CPU
+    with int8 units the product runs as exact int8 GEMMs (``rws.int8``), the weight
+    pieces cut once per block.
     """
 
     def __init__(self, n_x: int, n_y: int, clamp: bool = False):
@@ -177,7 +177,7 @@ class SBN(BernoulliLayer):
 
     def head_logits(self, y):
         if torch.is_inference_mode_enabled() and int8.enabled(y.device):
-            key = (self.W.data_ptr(), self.W._version)
+            key = (int8.block(), self.W.data_ptr(), self.W._version)
             if self._pieces is None or self._pieces[0] != key:
                 self._pieces = (key, *int8.split(self.W))
             return int8.binary_linear(y, self._pieces[1], self._pieces[2], self.b)

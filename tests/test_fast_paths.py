@@ -6,8 +6,9 @@ import pytest
 import torch
 from scipy import stats
 
-from rws import int8, rng
+from rws import int8, methods, rng
 from rws.estimate import log_likelihood
+from rws.train import OPTIMIZERS, train_step
 from tests.conftest import tiny_model
 
 
@@ -27,10 +28,14 @@ def test_int8_binary_product_is_as_exact_as_float32(shape):
 
 def test_int8_path_switch(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setenv("RWS_INT8", "0")
-    assert not int8.enabled(cpu)
     monkeypatch.setenv("RWS_INT8", "1")
-    assert int8.enabled(cpu) and not int8.enabled(torch.device("meta"))
+    assert not int8.enabled(cpu)                      # only inside an evaluation block
+    with int8.evaluation():
+        assert int8.enabled(cpu) and not int8.enabled(torch.device("meta"))
+        with int8.turned_off():
+            assert not int8.enabled(cpu)
+        monkeypatch.setenv("RWS_INT8", "0")
+        assert not int8.enabled(cpu)
 
 
 @pytest.mark.parametrize("spec", ["sbn:6-3", "dsbn[hidden=4]:6", "sbn/nade:4"])
@@ -40,7 +45,7 @@ def test_evaluation_fast_paths_agree_with_the_plain_computation(spec, monkeypatc
     model = tiny_model(spec, n_data=40, seed=3, scale=0.5)
     x = (torch.rand(5, 40, generator=torch.Generator().manual_seed(1)) < 0.5).float()
     monkeypatch.setenv("RWS_INT8", "1")
-    with torch.inference_mode():
+    with torch.inference_mode(), int8.evaluation():
         fast = model.log_weights(x, 64, torch.Generator().manual_seed(7))
     monkeypatch.setenv("RWS_INT8", "0")
     with torch.enable_grad():
@@ -51,17 +56,24 @@ def test_evaluation_fast_paths_agree_with_the_plain_computation(spec, monkeypatc
     assert torch.allclose(fast, plain.detach(), rtol=1e-5, atol=1e-4)
 
 
-def test_weight_update_invalidates_the_int8_pieces(monkeypatch):
-    monkeypatch.setenv("RWS_INT8", "1")
-    model = tiny_model("sbn:4", n_data=6, seed=0)
-    x = torch.tensor([[1.0, 0, 1, 1, 0, 1]])
-    before = log_likelihood(model, x, 16, generator=torch.Generator().manual_seed(0)).mean
-    with torch.no_grad():
-        model.p_layers[0].W.mul_(2)                   # an optimizer step, in place
-    after = log_likelihood(model, x, 16, generator=torch.Generator().manual_seed(0)).mean
-    monkeypatch.setenv("RWS_INT8", "0")
-    plain = log_likelihood(model, x, 16, generator=torch.Generator().manual_seed(0)).mean
-    assert after != before and after == pytest.approx(plain, abs=1e-5)
+def test_evaluations_between_training_steps_use_the_current_weights(monkeypatch):
+    """Validation during training: fused Adam updates the weights in place without
+    bumping their version counter, so pieces must not outlive an evaluation."""
+    model = tiny_model("sbn:8", n_data=30, seed=0, scale=0.3)
+    method = methods.build("rws", model, 4)
+    opt = OPTIMIZERS["adam"](method.param_groups(0.05))
+    x = (torch.rand(20, 30, generator=torch.Generator().manual_seed(2)) < 0.4).float()
+
+    def ll(setting):
+        monkeypatch.setenv("RWS_INT8", setting)
+        return log_likelihood(model, x, 32, generator=torch.Generator().manual_seed(0)).mean
+
+    g = torch.Generator().manual_seed(1)
+    before = ll("1")
+    for _ in range(5):
+        train_step(method, opt, x, g, 20)
+    after = ll("1")
+    assert after != before and after == pytest.approx(ll("0"), abs=1e-4)
 
 
 def test_fast_uniforms_are_uniform_on_the_float32_lattice():
