@@ -13,13 +13,13 @@ w~_k = softmax_k(log w_k), treated as constants. The estimators (ascent directio
 
 Their surrogate losses (to minimise, averaged over the minibatch):
 
-    wake-P   -(logsumexp_k(log p - sg[log q]) - log K)        the IS bound in theta
+    wake-P   -sum_k sg[w~_k] log p_k          (gradient of -log p^_K(x) in theta)
     wake-Q   -sum_k sg[w~_k] log q_k
     sleep-Q  -log q(h_dream | x_dream)
 
-Detaching log q inside the wake-P loss keeps it from leaking into phi, so one backward
-pass gives both gradients (the construction of Pyro's ``ReweightedWakeSleep``).
-The wake-P loss value is also the minibatch estimate of -log p^_K(x).
+log p depends on theta only and log q on phi only, so one backward pass gives both
+gradients, and one softmax gives the weights of both. The minibatch estimate of
+log p^_K(x) is reported separately (``log_px_estimate``).
 """
 from __future__ import annotations
 
@@ -40,20 +40,24 @@ def normalized_weights(log_w: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(log_w).any(1, keepdim=True), w, torch.zeros_like(w))
 
 
-def wake_theta_loss(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """-(logsumexp_k(log p - sg[log q]) - log K) per point: [B, K] -> [B].
-    Its gradient is -sum_k w~_k grad_theta log p(x, h_k). Points with all weights -inf
-    contribute 0 (and no gradient) rather than +inf."""
-    log_w = log_p - log_q.detach()
-    possible = torch.isfinite(log_w).any(1)                        # [B]
-    safe = torch.where(possible[:, None], log_w, torch.zeros_like(log_w))  # no NaN gradient
-    bound = torch.logsumexp(safe, dim=1) - math.log(log_w.shape[1])
-    return torch.where(possible, -bound, torch.zeros_like(bound))
+def _weighted(w: torch.Tensor, log_term: torch.Tensor) -> torch.Tensor:
+    """-sum_k w_k log_term_k: [B, K] -> [B]; proposals of weight 0 (log w = -inf, where
+    log_term may be infinite) contribute neither value nor gradient."""
+    return -(w * torch.where(w > 0, log_term, 0.0)).sum(1)
 
 
-def wake_phi_loss(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+def wake_theta_loss(log_p: torch.Tensor, log_q: torch.Tensor,
+                    w: torch.Tensor | None = None) -> torch.Tensor:
+    """-sum_k sg[w~_k] log p(x, h_k) per point: [B, K] -> [B]. Its gradient is the wake-P
+    direction -sum_k w~_k grad_theta log p(x, h_k) (also the gradient of -log p^_K(x)
+    with log q held fixed). w: the normalised weights, if already computed."""
+    return _weighted(normalized_weights(log_p - log_q) if w is None else w, log_p)
+
+
+def wake_phi_loss(log_p: torch.Tensor, log_q: torch.Tensor,
+                  w: torch.Tensor | None = None) -> torch.Tensor:
     """-sum_k sg[w~_k] log q(h_k | x) per point: [B, K] -> [B]."""
-    return -(normalized_weights(log_p - log_q) * log_q).sum(1)
+    return _weighted(normalized_weights(log_p - log_q) if w is None else w, log_q)
 
 
 def sleep_phi_loss(model, n: int, generator=None) -> torch.Tensor:
@@ -91,9 +95,10 @@ class RWS(Method):
 
     def loss(self, x, generator=None):
         log_p, log_q = self.model.log_joint(x, self.K, generator)    # [B, K] each
-        loss = wake_theta_loss(log_p, log_q).mean()
+        w = normalized_weights(log_p - log_q)                        # one softmax for both
+        loss = wake_theta_loss(log_p, log_q, w).mean()
         if self.wake_q:
-            loss = loss + wake_phi_loss(log_p, log_q).mean()
+            loss = loss + wake_phi_loss(log_p, log_q, w).mean()
         if self.sleep_q:
             loss = loss + sleep_phi_loss(self.model, self.n_dreams or x.shape[0], generator).mean()
         return loss, {"train_ll": log_px_estimate(log_p, log_q).mean()}
