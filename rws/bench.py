@@ -138,12 +138,14 @@ def time_evaluation(model_spec: str, x, K: int, peak, device="cpu", repeats: int
                 flops, peaks)
 
 
-def time_pyro_rws(train_x, K: int, steps: int, batch_size: int = 100):
-    """Seconds per step of Pyro's ReweightedWakeSleep on the same SBN 200 (784 <- 200,
-    SBN Q), K particles vectorised, wake-phi and sleep-phi mixed (insomnia 0.5), and
-    one dream per data point (num_sleep_particles=1): the work of rws-bench's RWS step
-    (Pyro's default, K dreams per point, would do 1.8x the matrix FLOPs).
-    Returns None when pyro-ppl is not installed."""
+def compare_with_pyro(train_x, K: int, steps: int, batch_size: int = 100, repeats: int = 3):
+    """Pyro's ReweightedWakeSleep and rws-bench's RWS timed side by side, alternating
+    ``repeats`` times (so a slow spell of the machine hits both): the same SBN 200
+    (784 <- 200, SBN Q), K particles vectorised, wake-phi and sleep-phi mixed
+    (insomnia 0.5), and one dream per data point (num_sleep_particles=1): the work of
+    rws-bench's step (Pyro's default, K dreams per point, would do 1.8x the matrix
+    FLOPs). Returns medians {seconds_per_step (Pyro), ours_seconds_per_step, speedup},
+    or None when pyro-ppl is not installed."""
     try:
         import pyro
         import pyro.distributions as dist
@@ -173,13 +175,21 @@ def time_pyro_rws(train_x, K: int, steps: int, batch_size: int = 100):
     rws = ReweightedWakeSleep(num_particles=K, insomnia=0.5, vectorize_particles=True,
                               max_plate_nesting=1, num_sleep_particles=1)
     svi = SVI(model, guide, Adam({"lr": 1e-3}), loss=rws)
+    _, method, opt, micro = _setup(Case("", "rws", "sbn:200", K, batch_size), train_x, "cpu")
+    g = torch.Generator().manual_seed(0)
+    steppers = {"pyro": svi.step, "ours": lambda x: train_step(method, opt, x, g, micro)}
     batches = [train_x[i * batch_size:(i + 1) * batch_size].float() for i in range(steps)]
-    for x in batches[:3]:
-        svi.step(x)
-    t = time.perf_counter()
-    for x in batches:
-        svi.step(x)
-    return (time.perf_counter() - t) / steps
+    times = {name: [] for name in steppers}
+    for _ in range(repeats + 1):                    # the first round warms both up
+        for name, step in steppers.items():
+            t = time.perf_counter()
+            for x in batches:
+                step(x)
+            times[name].append((time.perf_counter() - t) / steps)
+    pyro_t, ours_t = times["pyro"][1:], times["ours"][1:]
+    return {"seconds_per_step": statistics.median(pyro_t),
+            "ours_seconds_per_step": statistics.median(ours_t),
+            "speedup": statistics.median(p / o for p, o in zip(pyro_t, ours_t))}
 
 
 CASES = [
@@ -229,12 +239,13 @@ def run(device="cpu", quick=False, pyro=True, log=print) -> dict:
     out = {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
            "matmul_gflops": peak, "rows": [asdict(r) for r in rows], "k_scaling": scaling}
     if pyro and device.type == "cpu":
-        t_pyro = time_pyro_rws(train_x, 5, 10 if quick else 30)
-        if t_pyro is None:
+        pyro_cmp = compare_with_pyro(train_x, 5, 10 if quick else 30)
+        if pyro_cmp is None:
             log("pyro: not installed (pip install pyro-ppl) - comparison skipped")
         else:
-            speedup = t_pyro / k5.seconds_per_step
-            out["pyro"] = {"seconds_per_step": t_pyro, "speedup": speedup}
-            log(f"Pyro ReweightedWakeSleep, same SBN 200, K=5, B=100, vectorised, 100 dreams: "
-                f"{t_pyro * 1e3:.2f} ms/step; rws-bench is x{speedup:.1f} faster")
+            out["pyro"] = pyro_cmp
+            log(f"Pyro ReweightedWakeSleep, same SBN 200, K=5, B=100, vectorised, 100 dreams, "
+                f"alternating with rws-bench: {pyro_cmp['seconds_per_step'] * 1e3:.2f} vs "
+                f"{pyro_cmp['ours_seconds_per_step'] * 1e3:.2f} ms/step; rws-bench is "
+                f"x{pyro_cmp['speedup']:.1f} faster")
     return out
