@@ -8,9 +8,11 @@ Run: ``pytest benchmarks/test_speed.py --benchmark-json results/benchmarks/lates
 import pytest
 import torch
 
-from rws import bench, methods, zoo
+from rws import allocator, bench, methods, zoo
 from rws import data as datasets
 from rws.train import OPTIMIZERS, micro_batch_size, train_step
+
+allocator.retain_freed_memory()   # as the CLI does
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rws import data as datasets
-from rws import estimate, int8, methods, zoo
+from rws import allocator, estimate, int8, methods, zoo
 from rws.train import OPTIMIZERS, micro_batch_size, train_step
 
 
@@ -207,6 +207,7 @@ CASES = [
 
 def run(device="cpu", quick=False, pyro=True, log=print) -> dict:
     device = torch.device(device)
+    allocator.retain_freed_memory()
     train_x = datasets.load("binarized_mnist")["train"]
     test_x = datasets.load("binarized_mnist")["test"]
     peak = matmul_rate(device)

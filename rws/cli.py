@@ -10,6 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from rws import allocator
 from rws.errors import UserError
 
 
@@ -232,6 +233,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "bench": c
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    allocator.retain_freed_memory()
     try:
         COMMANDS[args.command](args)
     except UserError as e:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from rws import int8
+from rws import allocator, int8
 
 
 @dataclass
@@ -81,6 +81,7 @@ def log_likelihood(model, data: torch.Tensor, K: int, *, generator=None, rows: i
     """
     if K < 1:
         raise ValueError(f"K must be >= 1, got {K}")
+    allocator.retain_freed_memory()
     t0 = time.perf_counter()
     device = device or next(model.parameters()).device
     rows = rows or default_rows(model)

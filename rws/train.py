@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rws import data as datasets
-from rws import estimate, methods, results, zoo
+from rws import allocator, estimate, methods, results, zoo
 from rws.errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
@@ -139,6 +139,7 @@ def evaluate(model, x, K, seed, device, progress=False, desc="eval", rows=None):
 class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path):
         cfg.check()
+        allocator.retain_freed_memory()
         self.cfg, self.out = cfg, Path(out)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
