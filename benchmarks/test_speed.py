@@ -34,9 +34,10 @@ def test_train_step(benchmark, case, matmul_gflops, mnist):
     x = mnist["train"][:case.batch_size].float()
     micro = micro_batch_size(model, case.K, case.batch_size)
     g = torch.Generator().manual_seed(0)
-    flops = bench.count_flops(lambda: train_step(method, opt, x, g, micro))
+    args = (method, opt, x, g, micro, case.grad_precision)
+    flops = bench.count_flops(lambda: train_step(*args))
     benchmark.extra_info.update(matmul_gflops=matmul_gflops, gflop=flops / 1e9)
-    benchmark.pedantic(train_step, args=(method, opt, x, g, micro), rounds=15, warmup_rounds=3)
+    benchmark.pedantic(train_step, args=args, rounds=15, warmup_rounds=3)
 
 
 @pytest.mark.parametrize("K", [100, 10000])

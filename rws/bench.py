@@ -59,6 +59,7 @@ class Case:
     model: str
     K: int
     batch_size: int = 100
+    grad_precision: str = "float32"    # "bfloat16": weight gradients as ``rws.bf16``
 
 
 @dataclass
@@ -101,15 +102,18 @@ def time_training(case: Case, train_x, peak, steps: int, device="cpu",
     g = torch.Generator(device=device).manual_seed(0)
     B = case.batch_size
     batches = [train_x[i * B:(i + 1) * B].to(device).float() for i in range(steps)]
-    flops = count_flops(lambda: train_step(method, opt, batches[0], g, micro))
+    def step(x):
+        return train_step(method, opt, x, g, micro, case.grad_precision)
+
+    flops = count_flops(lambda: step(batches[0]))     # bfloat16 products count as float32's
     for x in batches[:3]:
-        train_step(method, opt, x, g, micro)           # warm-up
+        step(x)                                        # warm-up
     times, peaks = [], []
     for _ in range(repeats):
         peaks.append(_rates(peak)())
         t = time.perf_counter()
         for x in batches:
-            train_step(method, opt, x, g, micro)
+            step(x)
         _sync(device)
         times.append((time.perf_counter() - t) / steps)
     return _row(case.name, times, lambda dt: dt * math.ceil(len(train_x) / B), flops, peaks)
@@ -195,6 +199,7 @@ def compare_with_pyro(train_x, K: int, steps: int, batch_size: int = 100, repeat
 CASES = [
     Case("rws sbn:200 K=5 B=100", "rws", "sbn:200", 5),
     Case("rws sbn:200 K=50 B=100", "rws", "sbn:200", 50),
+    Case("rws sbn:200 K=5 bf16 grads", "rws", "sbn:200", 5, grad_precision="bfloat16"),
     Case("ws sbn:200 K=1", "ws", "sbn:200", 1),
     Case("rws sbn:200-200 K=5", "rws", "sbn:200-200", 5),
     Case("nvil sbn:200 K=1", "nvil", "sbn:200", 1),
@@ -219,7 +224,7 @@ def run(device="cpu", quick=False, pyro=True, log=print) -> dict:
     rows = []
     header = f"{'case':34s} {'s/step':>9s} {'s/epoch':>8s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} {'of matmul':>9s}"
     log(header)
-    for case in (CASES[:2] if quick else CASES):
+    for case in (CASES[:3] if quick else CASES):
         steps_here = steps if case.K * case.batch_size <= 1000 else max(5, steps // 5)
         r = time_training(case, train_x, calibrate, steps_here, device)
         rows.append(r)

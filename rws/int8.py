@@ -25,23 +25,18 @@ forces it on.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 
 import torch
+
+from rws import cpu
 
 PIECES = 3
 BASE = 254.0          # piece p + 1 resolves piece p's rounding error (|error| <= 1/2 step)
 
 
-@functools.lru_cache(maxsize=1)
 def _cpu_has_int8_units() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu.flags())
 
 
 _off = False

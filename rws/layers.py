@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rws import int8, rng
+from rws import bf16, int8, rng
 
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
@@ -159,7 +159,8 @@ class SBN(BernoulliLayer):
     W: [n_x, n_y] (torch's Linear layout), default_weights; b: [n_x] = -1.
     y is binary (data or samples of a Bernoulli layer): in an evaluation block on a CPU
     with int8 units the product runs as exact int8 GEMMs (``rws.int8``), the weight
-    pieces cut once per block.
+    pieces cut once per block; in a ``bf16.weight_gradients()`` block the weight
+    gradient comes from a bfloat16 product (``rws.bf16``).
     """
 
     def __init__(self, n_x: int, n_y: int, clamp: bool = False):
@@ -181,6 +182,8 @@ class SBN(BernoulliLayer):
             if self._pieces is None or self._pieces[0] != key:
                 self._pieces = (key, *int8.split(self.W))
             return int8.binary_linear(y, self._pieces[1], self._pieces[2], self.b)
+        if bf16.active() and not y.requires_grad:
+            return bf16.binary_linear(y, self.W, self.b)   # bfloat16 weight gradient
         return F.linear(y, self.W, self.b)  # [N, n_x]
 
     def logits(self, y):

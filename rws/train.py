@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rws import data as datasets
-from rws import allocator, estimate, methods, results, zoo
+from rws import allocator, bf16, estimate, methods, results, zoo
 from rws.errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
@@ -51,6 +52,7 @@ class TrainConfig:
     test_k: int = 100
     max_bad_steps: int = 20
     progress: bool = True
+    grad_precision: str = "float32"  # or "bfloat16": weight gradients of SBN layers (rws.bf16)
     method_options: dict = field(default_factory=dict)  # e.g. {"wake_q": False}
 
     def check(self) -> None:
@@ -65,6 +67,9 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer '{self.optimizer}'; choose one of: "
                             f"{', '.join(OPTIMIZERS)}")
+        if self.grad_precision not in bf16.PRECISIONS:
+            raise UserError(f"unknown grad precision '{self.grad_precision}'; choose one of: "
+                            f"{', '.join(bf16.PRECISIONS)}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"threads must be >= 1, got {self.threads}")
 
@@ -89,19 +94,21 @@ def micro_batch_size(model, K: int, batch_size: int) -> int:
     return min(batch_size, max(1, estimate.default_rows(model) // K))
 
 
-def train_step(method, optimizer, x, generator, micro: int):
+def train_step(method, optimizer, x, generator, micro: int, grad_precision: str = "float32"):
     """One update from minibatch x [B, D]: the mean surrogate loss over the minibatch,
     back-propagated in micro-batches of ``micro`` points. Returns (stepped, train_ll):
-    a step whose loss or gradient is not finite is not applied."""
+    a step whose loss or gradient is not finite is not applied. ``grad_precision``
+    "bfloat16": binary-input layers' weight gradients from bfloat16 products (rws.bf16)."""
     optimizer.zero_grad(set_to_none=True)
     B = x.shape[0]
     ll = torch.zeros((), dtype=torch.float64, device=x.device)
     finite = torch.ones((), dtype=torch.bool, device=x.device)
-    for xs in x.split(micro):
-        loss, stats = method.loss(xs, generator)
-        (loss * (xs.shape[0] / B)).backward()
-        finite &= torch.isfinite(loss)
-        ll += stats["train_ll"].detach() * (xs.shape[0] / B)
+    with bf16.weight_gradients(grad_precision == "bfloat16"):
+        for xs in x.split(micro):
+            loss, stats = method.loss(xs, generator)
+            (loss * (xs.shape[0] / B)).backward()
+            finite &= torch.isfinite(loss)
+            ll += stats["train_ll"].detach() * (xs.shape[0] / B)
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     grad_norm = torch.nn.utils.get_total_norm(grads)
     if not bool(finite & torch.isfinite(grad_norm)):
@@ -144,6 +151,9 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        if cfg.grad_precision == "bfloat16" and not bf16.native(self.device):
+            warnings.warn(f"{self.device} has no bfloat16 units: --grad-precision bfloat16 "
+                          "is emulated here and slower than float32", stacklevel=2)
         results.ensure_writable_dir(self.out)
         self.splits = datasets.get(cfg.data)
         n_train, n_data = self.splits["train"].shape
@@ -196,7 +206,10 @@ class Trainer:
         if not path.exists():
             return
         state = results.load_checkpoint(path, map_location=self.device)
-        old, new = state["config"], dataclasses.asdict(self.cfg)
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                    if f.default is not dataclasses.MISSING}
+        # a field added since the run began holds its default, which is what the run did
+        old, new = {**defaults, **state["config"]}, dataclasses.asdict(self.cfg)
         changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
@@ -239,7 +252,8 @@ class Trainer:
         t0 = time.perf_counter()
         for i in bar:
             x = self.train_x[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]].float()
-            stepped, ll = train_step(self.method, self.optimizer, x, self.sample_gen, micro)
+            stepped, ll = train_step(self.method, self.optimizer, x, self.sample_gen, micro,
+                                     cfg.grad_precision)
             if not stepped:
                 skipped += 1
                 bad_run += 1

@@ -1,12 +1,13 @@
 """The fast paths give what the plain computation gives: int8 products with a binary
-operand, the data term scored once per point, and the NumPy-filled uniforms."""
+operand, the data term scored once per point, and the NumPy-filled uniforms; bfloat16
+weight gradients stay far inside the estimator's own noise."""
 import math
 
 import pytest
 import torch
 from scipy import stats
 
-from rws import int8, methods, rng
+from rws import bf16, int8, methods, rng
 from rws.estimate import log_likelihood
 from rws.train import OPTIMIZERS, train_step
 from tests.conftest import tiny_model
@@ -74,6 +75,52 @@ def test_evaluations_between_training_steps_use_the_current_weights(monkeypatch)
         train_step(method, opt, x, g, 20)
     after = ll("1")
     assert after != before and after == pytest.approx(ll("0"), abs=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 3), (500, 200, 784), (100, 784, 200)])
+def test_bf16_weight_gradient_within_its_rounding_bound(shape):
+    N, k, n = shape
+    torch.manual_seed(0)
+    W = (torch.randn(n, k) * 0.3).requires_grad_()
+    b = torch.randn(n).requires_grad_()
+    y = (torch.rand(N, k) < 0.3).float()
+    G = torch.randn(N, n)
+    a = bf16.binary_linear(y, W, b)
+    assert torch.equal(a, torch.addmm(b, y, W.t()))      # the forward pass is float32's
+    a.backward(G)
+    exact = G.double().t() @ y.double()                   # [n, k]
+    # G rounded to bfloat16 (unit roundoff 2^-8), float32 sums, the result rounded (2^-8)
+    bound = 2 ** -7 * (G.double().abs().t() @ y.double()) + 1e-6
+    assert ((W.grad.double() - exact).abs() <= bound).all()
+    assert torch.equal(b.grad, G.sum(0))
+    with pytest.raises(ValueError, match="must not require a gradient"):
+        bf16.binary_linear(y.requires_grad_(), W, b)
+
+
+def test_bf16_rws_gradient_error_is_far_below_its_monte_carlo_noise():
+    """Same samples (the forward pass is unchanged), float32 vs bfloat16 weight
+    gradients, against the spread of the float32 gradient over fresh samples."""
+    model = tiny_model("sbn:30", n_data=60, seed=1, scale=0.3)
+    method = methods.build("rws", model, 5)
+    x = (torch.rand(50, 60, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+
+    def grads(seed, on):
+        model.zero_grad()
+        with bf16.weight_gradients(on):
+            loss, _ = method.loss(x, torch.Generator().manual_seed(seed))
+            loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    loss32, g32 = grads(0, False)
+    loss16, g16 = grads(0, True)
+    assert torch.equal(loss32, loss16)
+    spread = [torch.stack(s).std(0) for s in zip(*(grads(s, False)[1] for s in range(1, 17)))]
+    for a, c, sd in zip(g32, g16, spread):
+        if a.dim() == 2:                                  # the weights: bfloat16 products
+            assert not torch.equal(a, c)
+            assert (a - c).norm() < 0.02 * sd.norm(), ((a - c).norm(), sd.norm())
+        else:                                             # biases: float32 sums as before
+            assert torch.allclose(a, c, rtol=1e-6, atol=1e-7)
 
 
 def test_fast_uniforms_are_uniform_on_the_float32_lattice():
