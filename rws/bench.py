@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rws import data as datasets
 from rws import allocator, estimate, int8, methods, zoo
+from rws import data as datasets
 from rws.train import OPTIMIZERS, micro_batch_size, train_step
 
 

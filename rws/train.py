@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rws import data as datasets
 from rws import allocator, bf16, estimate, methods, results, zoo
+from rws import data as datasets
 from rws.errors import UserError
 
 CHECKPOINT = "checkpoint.pt"
