@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="seconds per epoch and achieved FLOP rate against the "
                        "machine's matmul rate, per method; Pyro side by side if installed")
-    b.add_argument("--quick", action="store_true", help="two cases and fewer steps")
+    b.add_argument("--quick", action="store_true", help="three cases and fewer steps")
     b.add_argument("--no-pyro", action="store_true", help="skip the Pyro comparison")
     b.add_argument("--json", dest="json_out", default=None, help="also write the table here")
     _add_common(b)

@@ -73,6 +73,11 @@ def test_unknown_method(tmp_path):
     bad(["train", "--data", "dna", "--method", "vi", "--out", tmp_path], "unknown method 'vi'")
 
 
+def test_unknown_grad_precision(tmp_path):
+    bad(["train", "--data", "dna", "--grad-precision", "fp16", "--out", tmp_path],
+        "unknown grad precision 'fp16'; choose one of: float32, bfloat16")
+
+
 @pytest.mark.parametrize("K", ["0", "-3"])
 def test_nonpositive_K(tmp_path, K):
     bad(["train", "-K", K, "--out", tmp_path], "must be >= 1")
