@@ -45,7 +45,8 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         if f.name == "record.json" and rec.get("status") == "finished":
             cfg = rec["config"]
             run = {"run": str(f.parent), "data": cfg["data"], "model": cfg["model"],
-                   "method": _label(cfg["method"], cfg.get("method_options", {})),
+                   "method": _label(cfg["method"], cfg.get("method_options", {}))
+                   + (" [bf16 grads]" if cfg.get("grad_precision") == "bfloat16" else ""),
                    "K": cfg["K"], "seed": cfg["seed"], "batch_size": cfg["batch_size"],
                    "lr": cfg["lr"], "epochs": rec["epochs_done"],
                    "best_epoch": rec["best_epoch"], "test_ll": rec["test"]["ll"],

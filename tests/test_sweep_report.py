@@ -83,10 +83,11 @@ def test_cells_cross_the_grid_and_deduplicate():
     assert len(cells) == 4 and {c.seed for c in cells} == {0, 1}
 
 
-def fixture_record(run_dir, model, method, K, ll, options=None):
+def fixture_record(run_dir, model, method, K, ll, options=None, **config):
     run_dir.mkdir(parents=True)
     rec = {"status": "finished", "config": {"data": "dna", "model": model, "method": method,
-           "K": K, "seed": 0, "batch_size": 100, "lr": 1e-3, "method_options": options or {}},
+           "K": K, "seed": 0, "batch_size": 100, "lr": 1e-3, "method_options": options or {},
+           **config},
            "epochs_done": 2, "best_epoch": 2, "seconds_per_epoch": 0.5 * K,
            "model": {"parameters": 100},
            "test": {"ll": ll - 1, "se": 0.3, "K": 100},
@@ -104,9 +105,10 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
         fixture_record(runs / f"rws{K}", "sbn:200", "rws", K, ll)
     fixture_record(runs / "ws", "sbn:200", "ws", 1, -110.0)
     fixture_record(runs / "wake", "sbn:200", "rws", 5, -97.0, {"sleep_q": False})
+    fixture_record(runs / "bf16", "sbn:200", "rws", 5, -95.5, grad_precision="bfloat16")
     (runs / "junk.json").write_text("{not json")
     summary = report.report([runs], tmp_path / "out")
-    assert summary["runs"] == 5 and summary["evals"] == 15
+    assert summary["runs"] == 6 and summary["evals"] == 18
     assert set(summary["figures"]) == {"ll_vs_train_k", "ll_vs_eval_k", "ll_vs_epoch",
                                        "seconds_per_epoch"}
     for name in summary["figures"]:
@@ -114,10 +116,11 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
         assert (tmp_path / "out" / "figures" / f"{name}.svg").exists()
     table = (tmp_path / "out" / "tables" / "test_ll.md").read_text()
     assert "rws (wake+sleep)" in table and "rws (wake)" in table and "ws" in table
+    assert "rws (wake+sleep) [bf16 grads]" in table       # a precision of its own
     # the best run of each model/method, scored by its largest-K test evaluation
     assert "-93.00 ± 0.30 (K=25, eval K=1000)" in table
     csv = (tmp_path / "out" / "tables" / "runs.csv").read_text().splitlines()
-    assert len(csv) == 1 + 5
+    assert len(csv) == 1 + 6
 
 
 def test_report_without_records_says_so(tmp_path):
