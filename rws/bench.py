@@ -106,8 +106,8 @@ def time_training(case: Case, train_x, peak, steps: int, device="cpu",
         return train_step(method, opt, x, g, micro, case.grad_precision)
 
     flops = count_flops(lambda: step(batches[0]))     # bfloat16 products count as float32's
-    for x in batches[:3]:
-        step(x)                                        # warm-up
+    for x in batches[:20]:
+        step(x)         # warm-up: the first tens of steps of a process run slower
     times, peaks = [], []
     for _ in range(repeats):
         peaks.append(_rates(peak)())
