@@ -39,6 +39,13 @@ def test_training_timer_reports_consistent_rates():
     assert row.fraction_of_matmul == pytest.approx(row.gflops / 100.0)
 
 
+def test_rows_take_the_fastest_repeat_against_the_fastest_calibration():
+    row = bench._row("r", [3.0, 1.0, 2.0], lambda dt: 10 * dt, 4e9, [100.0, 50.0, 200.0])
+    assert row.seconds_per_step == 1.0 and row.seconds_median == 2.0
+    assert row.seconds_per_epoch == 10.0 and row.gflops == pytest.approx(4.0)
+    assert row.fraction_of_matmul == pytest.approx(4.0 / 200.0)
+
+
 def test_evaluation_flops_are_the_float32_products_of_the_proposals():
     """Q_0 once per point, P_0 once per proposal, and the data term's x W (once per
     point) and its matrix-vector product with each proposal; the int8 path is counted
