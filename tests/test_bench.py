@@ -66,3 +66,33 @@ def test_pyro_comparison_times_both_sides():
     cmp = bench.compare_with_pyro(x, K=2, steps=2, batch_size=20, repeats=1)
     assert cmp["seconds_per_step"] > 0 and cmp["ours_seconds_per_step"] > 0
     assert cmp["speedup"] == pytest.approx(cmp["seconds_per_step"] / cmp["ours_seconds_per_step"])
+
+
+def _compare_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parents[1] / "benchmarks" / "compare.py"
+    spec = importlib.util.spec_from_file_location("compare", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_regression_check_uses_machine_units(tmp_path):
+    """cost = fastest round x the run's fastest calibration: a machine twice as fast
+    cancels out, a benchmark 1.5x slower in machine units is flagged."""
+    import json
+
+    def run(path, rows):
+        path.write_text(json.dumps({"benchmarks": [
+            {"name": n, "stats": {"min": t, "median": 9.9}, "extra_info": {"matmul_gflops": r}}
+            for n, t, r in rows]}))
+        return str(path)
+
+    compare = _compare_module()
+    base = run(tmp_path / "base.json", [("a", 1.0, 100.0), ("b", 2.0, 50.0)])
+    same = run(tmp_path / "same.json", [("a", 0.5, 200.0), ("b", 1.0, 120.0)])
+    slow = run(tmp_path / "slow.json", [("a", 0.5, 200.0), ("b", 1.5, 120.0)])
+    assert compare.costs(base) == {"a": 100.0, "b": 200.0}
+    assert compare.main([base, same]) == 0
+    assert compare.main([base, slow]) == 1
