@@ -60,10 +60,12 @@ def test_evaluation_flops_are_the_float32_products_of_the_proposals():
     assert flops == 2 * B * D * n + 2 * B * K * n * D + 2 * B * D * n + 2 * B * K * n
 
 
-def test_pyro_comparison_times_both_sides():
+@pytest.mark.parametrize("dreams", [1, None])
+def test_pyro_comparison_times_both_sides(dreams):
     pytest.importorskip("pyro")
     x = torch.bernoulli(torch.full((40, 784), 0.2))
-    cmp = bench.compare_with_pyro(x, K=2, steps=2, batch_size=20, repeats=1)
+    cmp = bench.compare_with_pyro(x, K=2, steps=2, batch_size=20, repeats=1,
+                                  dreams_per_point=dreams)
     assert cmp["seconds_per_step"] > 0 and cmp["ours_seconds_per_step"] > 0
     assert cmp["speedup"] == pytest.approx(cmp["seconds_per_step"] / cmp["ours_seconds_per_step"])
 
