@@ -5,8 +5,10 @@ same process, just before each timed repeat, so that the machine's own speed can
 out. On a shared machine a neighbour only ever slows a run down, and it slows memory-
 bound elementwise work and the calibration GEMM by different amounts, so both sides are
 taken at their best, as timeit advises: the fastest of the repeats against the fastest
-calibration of the case (median times are recorded too). The FLOP model of a training step or an evaluation chunk is the
-count of the matrix-multiply FLOPs it executes (torch's FlopCounterMode over one step:
+calibration of the case (median times are recorded too).
+
+The FLOP model of a training step or an evaluation chunk is the count of the
+matrix-multiply FLOPs it executes (torch's FlopCounterMode over one step:
 forward and backward); a test checks that for an SBN this count equals the minimal
 hand-derived one, so no wasted multiply inflates the rate. Evaluation counts the float32
 products that its exact int8 path (``rws.int8``) replaces.

@@ -14,8 +14,8 @@ tests check that the bfloat16 error is below 2% of it.
 
 On CPUs with bfloat16 dot-product units (avx512_bf16, amx_bf16) and on GPUs with
 bfloat16 support these products run several times faster than float32 (2 Zen 5 cores:
-676 vs 196 GFLOP/s at 500 x 200 x 784), which takes about 10% off an RWS step on SBN
-200 at K = 5. Elsewhere bfloat16 is emulated and slower (``native`` says which).
+676 vs 196 GFLOP/s at 500 x 200 x 784), which takes 4-10% off an RWS step on SBN 200
+at K = 5 (interleaved A/B runs; less when neighbours load the memory system). Elsewhere bfloat16 is emulated and slower (``native`` says which).
 """
 from __future__ import annotations
 
