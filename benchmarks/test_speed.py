@@ -8,9 +8,9 @@ Run: ``pytest benchmarks/test_speed.py --benchmark-json results/benchmarks/lates
 import pytest
 import torch
 
-from rws import allocator, bench, methods, zoo
+from rws import allocator, bench, zoo
 from rws import data as datasets
-from rws.train import OPTIMIZERS, micro_batch_size, train_step
+from rws.train import train_step
 
 allocator.retain_freed_memory()   # as the CLI does
 
@@ -28,12 +28,8 @@ def mnist():
 
 @pytest.mark.parametrize("case", bench.CASES, ids=[c.name.replace(" ", "_") for c in bench.CASES])
 def test_train_step(benchmark, case, matmul_gflops, mnist):
-    torch.manual_seed(0)
-    model = zoo.build(case.model, 784)
-    method = methods.build(case.method, model, case.K)
-    opt = OPTIMIZERS["adam"](method.param_groups(1e-3))
     x = mnist["train"][:case.batch_size].float()
-    micro = micro_batch_size(model, case.K, case.batch_size)
+    _, method, opt, micro = bench.setup_case(case, x)
     g = torch.Generator().manual_seed(0)
     args = (method, opt, x, g, micro, case.grad_precision)
     flops = bench.count_flops(lambda: train_step(*args))

@@ -77,7 +77,8 @@ class Row:
     seconds_median: float          # the median repeat, for the spread
 
 
-def _setup(case: Case, train_x, device):
+def setup_case(case: Case, train_x, device="cpu"):
+    """(model, method, Adam optimiser, micro-batch size) of a case, seeded."""
     torch.manual_seed(0)
     model = zoo.build(case.model, train_x.shape[1]).to(device)
     method = methods.build(case.method, model, case.K).to(device)
@@ -103,7 +104,7 @@ def time_training(case: Case, train_x, peak, steps: int, device="cpu",
     """Seconds per step (fastest of ``repeats`` timings of ``steps`` steps) and the
     epoch time it implies for the whole training set. ``peak``: the matmul GFLOP/s, or
     a function that measures it (called before each repeat)."""
-    model, method, opt, micro = _setup(case, train_x, device)
+    model, method, opt, micro = setup_case(case, train_x, device)
     g = torch.Generator(device=device).manual_seed(0)
     B = case.batch_size
     batches = [train_x[i * B:(i + 1) * B].to(device).float() for i in range(steps)]
@@ -185,7 +186,7 @@ def compare_with_pyro(train_x, K: int, steps: int, batch_size: int = 100, repeat
     rws = ReweightedWakeSleep(num_particles=K, insomnia=0.5, vectorize_particles=True,
                               max_plate_nesting=1, num_sleep_particles=dreams_per_point)
     svi = SVI(model, guide, Adam({"lr": 1e-3}), loss=rws)
-    _, method, opt, micro = _setup(Case("", "rws", "sbn:200", K, batch_size), train_x, "cpu")
+    _, method, opt, micro = setup_case(Case("", "rws", "sbn:200", K, batch_size), train_x, "cpu")
     g = torch.Generator().manual_seed(0)
     steppers = {"pyro": svi.step, "ours": lambda x: train_step(method, opt, x, g, micro)}
     batches = [train_x[i * batch_size:(i + 1) * batch_size].float() for i in range(steps)]

@@ -3,9 +3,9 @@ evaluation throughput, peak memory, and the fraction of the machine's matmul rat
 (method x model x K). Run: ``asv run --python=same --quick`` (see tox -e bench)."""
 import torch
 
-from rws import allocator, bench, estimate, methods, zoo
+from rws import allocator, bench, estimate, zoo
 from rws import data as datasets
-from rws.train import OPTIMIZERS, micro_batch_size, train_step
+from rws.train import train_step
 
 SUBSET = 2000
 BATCH = 100
@@ -38,15 +38,11 @@ class TrainEpoch:
     timeout = 600
 
     def setup(self, method, latents, K):
-        torch.set_num_threads(torch.get_num_threads())
-        torch.manual_seed(0)
-        self.model = zoo.build(MODELS[latents], 784)
         if not fits(method, latents, K):
             raise NotImplementedError  # asv skips combinations a method does not fit
-        self.method = methods.build(method, self.model, K)
-        self.opt = OPTIMIZERS["adam"](self.method.param_groups(1e-3))
         self.x = mnist("train")[:SUBSET].float()
-        self.micro = micro_batch_size(self.model, K, BATCH)
+        self.case = bench.Case("", method, MODELS[latents], K, BATCH)
+        _, self.method, self.opt, self.micro = bench.setup_case(self.case, self.x)
         self.g = torch.Generator().manual_seed(0)
 
     def _epoch(self):
@@ -61,8 +57,7 @@ class TrainEpoch:
 
     def track_fraction_of_matmul(self, method, latents, K):
         peak = bench.matmul_rate(seconds=0.5)
-        row = bench.time_training(bench.Case("", method, MODELS[latents], K), self.x, peak,
-                                  steps=5, repeats=1)
+        row = bench.time_training(self.case, self.x, peak, steps=5, repeats=1)
         return row.fraction_of_matmul
 
     track_fraction_of_matmul.unit = "fraction"
