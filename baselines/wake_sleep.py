@@ -5,12 +5,16 @@
 
 One sample per point; Q learns only from P's dreams. It is RWS with K = 1 and wake-Q
 off (with one sample the normalised weight is 1), which a test checks against
-``rws.rws.RWS``; this module computes it directly.
+``rws.rws.RWS``; this module computes it directly (for sigmoid belief networks in
+closed form, ``rws.sbn_gradients``).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from rws import sbn_gradients
 from rws.errors import UserError
 from rws.methods import Method
 
@@ -33,3 +37,11 @@ class WakeSleep(Method):
         log_q_dream = torch.stack(self.model.log_q_layers(dreams)).sum(0)        # [n]
         train_ll = (log_p - torch.stack(log_q).sum(0)).detach().mean()          # K=1 bound
         return -log_p.mean() - log_q_dream.mean(), {"train_ll": train_ll}
+
+    def backward(self, x, generator=None, scale=1.0):
+        if not sbn_gradients.supported(self.model):
+            return super().backward(x, generator, scale)
+        log_p, log_q = sbn_gradients.backward(self.model, x, 1, generator, scale,
+                                              wake_q=False, sleep_q=True, n_dreams=self.n_dreams)
+        log_w = log_p - log_q
+        return (log_w < math.inf).all() & (log_p > -math.inf).all(), {"train_ll": log_w.mean()}

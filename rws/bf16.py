@@ -41,8 +41,20 @@ def weight_gradients(on: bool = True):
         _on = before
 
 
+def enabled() -> bool:
+    """True inside a ``weight_gradients()`` block."""
+    return _on
+
+
 def active() -> bool:
+    """True where autograd layers should use ``binary_linear`` (enabled, recording)."""
     return _on and torch.is_grad_enabled()
+
+
+def weight_gradient(G: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """G^T y [n_out, n_in] for G [N, n_out], 0/1 y [N, n_in], from bfloat16 operands
+    (float32 accumulation), in G's dtype."""
+    return torch.mm(G.t().to(torch.bfloat16), y.to(torch.bfloat16)).to(G.dtype)
 
 
 def native(device: torch.device) -> bool:
@@ -64,7 +76,7 @@ class _BinaryLinear(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         grad_W = grad_b = None
         if ctx.needs_input_grad[1]:                    # G^T y: [n_out, n_in]
-            grad_W = torch.mm(grad.t().to(torch.bfloat16), y.to(torch.bfloat16)).to(ctx.w_dtype)
+            grad_W = weight_gradient(grad, y).to(ctx.w_dtype)
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
         return None, grad_W, grad_b

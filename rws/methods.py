@@ -1,6 +1,8 @@
 """The method interface and registry.
 
-A method turns a minibatch into one surrogate loss whose gradient is its estimator.
+A method turns a minibatch into one surrogate loss whose gradient is its estimator
+(``loss``), and adds that gradient to the parameters (``backward``: autograd, unless
+the method knows it in closed form).
 It is an ``nn.Module`` so that its own trainable parts (NVIL's baselines) and running
 statistics are saved in checkpoints with the model. The training loop knows nothing
 else about it.
@@ -50,6 +52,14 @@ class Method(nn.Module):
     def loss(self, x: torch.Tensor, generator: torch.Generator | None):
         """x [B, D] float -> (scalar loss to minimise, {'train_ll': [] detached estimate})."""
         raise NotImplementedError
+
+    def backward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                 scale: float = 1.0) -> tuple[torch.Tensor, dict]:
+        """Add ``scale`` x the gradient of ``loss(x)`` to the parameters' ``.grad``.
+        Returns (whether the loss was finite: [] bool, the stats of ``loss``)."""
+        loss, stats = self.loss(x, generator)
+        (loss * scale).backward()
+        return torch.isfinite(loss.detach()), stats
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups: the model, then the method's own parameters if any."""

@@ -28,16 +28,18 @@ import warnings
 
 import torch
 
+from rws import sbn_gradients
 from rws.errors import UserError
 from rws.methods import Method
 
 
 def normalized_weights(log_w: torch.Tensor) -> torch.Tensor:
     """softmax over the K axis of log_w [B, K], detached; rows whose weights are all
-    -inf (every proposal impossible under p) get zero weight instead of NaN."""
+    -inf (every proposal impossible under p) get zero weight instead of NaN (a NaN
+    log weight stays NaN, so that the step is seen to be non-finite)."""
     log_w = log_w.detach()
     w = torch.softmax(log_w, dim=1)
-    return torch.where(torch.isfinite(log_w).any(1, keepdim=True), w, torch.zeros_like(w))
+    return torch.where((log_w == -math.inf).all(1, keepdim=True), torch.zeros_like(w), w)
 
 
 def _weighted(w: torch.Tensor, log_term: torch.Tensor) -> torch.Tensor:
@@ -102,3 +104,14 @@ class RWS(Method):
         if self.sleep_q:
             loss = loss + sleep_phi_loss(self.model, self.n_dreams or x.shape[0], generator).mean()
         return loss, {"train_ll": log_px_estimate(log_p, log_q).mean()}
+
+    def backward(self, x, generator=None, scale=1.0):
+        """The gradient of ``loss``; for sigmoid belief networks in closed form, on the
+        same samples (``rws.sbn_gradients``)."""
+        if not sbn_gradients.supported(self.model):
+            return super().backward(x, generator, scale)
+        log_p, log_q = sbn_gradients.backward(self.model, x, self.K, generator, scale,
+                                              self.wake_q, self.sleep_q, self.n_dreams)
+        # the loss is finite unless a weight is NaN or +inf (log w = -inf counts for nothing)
+        finite = (log_p - log_q < math.inf).all()
+        return finite, {"train_ll": log_px_estimate(log_p, log_q).mean()}

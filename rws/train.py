@@ -105,9 +105,8 @@ def train_step(method, optimizer, x, generator, micro: int, grad_precision: str 
     finite = torch.ones((), dtype=torch.bool, device=x.device)
     with bf16.weight_gradients(grad_precision == "bfloat16"):
         for xs in x.split(micro):
-            loss, stats = method.loss(xs, generator)
-            (loss * (xs.shape[0] / B)).backward()
-            finite &= torch.isfinite(loss)
+            loss_finite, stats = method.backward(xs, generator, xs.shape[0] / B)
+            finite &= loss_finite
             ll += stats["train_ll"].detach() * (xs.shape[0] / B)
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     grad_norm = torch.nn.utils.get_total_norm(grads)

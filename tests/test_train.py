@@ -116,15 +116,17 @@ def test_early_stopping_restores_the_best_parameters(tmp_path):
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
     trainer = Trainer(small_config(epochs=1), tmp_path)
-    real_loss = trainer.method.loss
+    real_backward = trainer.method.backward
     calls = {"n": 0}
 
-    def sometimes_nan(x, g):
-        loss, stats = real_loss(x, g)
+    def sometimes_nan(x, g, scale):       # every 4th step: a NaN gradient
+        finite, stats = real_backward(x, g, scale)
         calls["n"] += 1
-        return (loss * float("nan"), stats) if calls["n"] % 4 == 0 else (loss, stats)
+        if calls["n"] % 4 == 0:
+            trainer.model.p_layers[0].b.grad[0] = float("nan")
+        return finite, stats
 
-    monkeypatch.setattr(trainer.method, "loss", sometimes_nan)
+    monkeypatch.setattr(trainer.method, "backward", sometimes_nan)
     record = trainer.run(quiet)
     assert record["skipped_steps"] == 28 // 4 == record["epochs"][0]["skipped_steps"]
     assert record["epochs"][0]["steps"] == 28 - 7
@@ -135,9 +137,8 @@ def test_a_run_of_nonfinite_steps_stops_and_keeps_the_last_good_checkpoint(tmp_p
     Trainer(small_config(epochs=1), tmp_path).run(quiet)
     good = results.load_checkpoint(tmp_path / "checkpoint.pt")
     trainer = Trainer(small_config(epochs=2, max_bad_steps=3), tmp_path)
-    monkeypatch.setattr(trainer.method, "loss",
-                        lambda x, g: (torch.tensor(float("inf"), requires_grad=True),
-                                      {"train_ll": torch.tensor(0.0)}))
+    monkeypatch.setattr(trainer.method, "backward",      # a non-finite loss, every step
+                        lambda x, g, scale: (torch.tensor(False), {"train_ll": torch.tensor(0.0)}))
     with pytest.raises(UserError, match="3 steps in a row had a non-finite"):
         trainer.run(quiet)
     kept = results.load_checkpoint(tmp_path / "checkpoint.pt")

@@ -1,0 +1,106 @@
+"""RWS and wake-sleep gradients of sigmoid belief networks in closed form.
+
+A Bernoulli unit with logit a has d/da log Bern(x | sigmoid(a)) = x - sigmoid(a), and a
+sigmoid belief layer has a = W y + b, so each direction of ``rws.rws`` is a weighted sum
+of per-layer outer products, the layer-local form in which Bornschein & Bengio state
+RWS ("Reweighted Wake-Sleep", ICLR 2015, Sec. 2-3) and Hinton et al. wake-sleep (1995):
+
+    wake-P,  P layer l:  dW_l = sum_{b,k} w~_bk (h_l - sigmoid(a_l)) h_{l+1}^T  (h_0 = x)
+    wake-Q,  Q layer l:  dV_l = sum_{b,k} w~_bk (h_{l+1} - sigmoid(c_l)) h_l^T
+    sleep-Q, Q layer l:  dV_l = mean_n (h_{l+1} - sigmoid(c_l)) h_l^T   over dreams ~ p
+
+with a_l = W_l h_{l+1} + b_l, c_l = V_l h_l + d_l, biases the same without the outer
+factor, and the top prior sum_{b,k} w~_bk (h_L - sigmoid(a_L)). These are the gradients
+that autograd takes of the surrogate losses in ``rws.rws``, on the same samples (the
+generator is consumed in the same order, so the draws are identical; a test checks the
+gradients against autograd's). Written directly they skip the autograd graph, about 500
+small operations a step, and fold the normalised weights into G = dL/da before the one
+weight-gradient GEMM G^T y per layer: an RWS step on SBN 200 at K = 5 runs about 12%
+faster. Other layer families, and clamped SBN layers, use autograd.
+"""
+from __future__ import annotations
+
+import torch
+
+from rws import bf16, rng
+from rws import rws as estimators
+from rws.layers import SBN, SBNTop, bernoulli_log_prob
+
+
+def supported(model) -> bool:
+    """True when every layer of P and Q is an unclamped sigmoid belief layer."""
+    return all(type(layer) in (SBN, SBNTop) and not layer.clamp
+               for layer in (*model.p_layers, *model.q_layers))
+
+
+def _sample(a: torch.Tensor, n: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n draws of Bern(sigmoid(a)) per row of a [N, d]: (h [N, n, d], sigmoid(a) [N, d]);
+    the same draws as ``layers.bernoulli_sample`` of a repeated n times."""
+    p = torch.sigmoid(a)
+    u = rng.uniform((a.shape[0], n, a.shape[1]), generator, a.device, a.dtype)
+    return (u < p[:, None]).to(a.dtype), p
+
+
+def _add(param: torch.Tensor, grad: torch.Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad
+    else:
+        param.grad.add_(grad)
+
+
+def _add_linear_grads(layer: SBN, G: torch.Tensor, y: torch.Tensor) -> None:
+    """dL/dW += G^T y, dL/db += sum_n G_n for G = dL/da [N, n_out], y [N, n_in]."""
+    if bf16.enabled():
+        _add(layer.W, bf16.weight_gradient(G, y))
+    elif layer.W.grad is not None:   # (not addmm_: torch's FLOP counter skips it)
+        layer.W.grad = torch.addmm(layer.W.grad, G.t(), y)
+    else:
+        layer.W.grad = G.t() @ y
+    _add(layer.b, G.sum(0))
+
+
+@torch.no_grad()
+def backward(model, x: torch.Tensor, K: int, generator, scale: float = 1.0,
+             wake_q: bool = True, sleep_q: bool = True, n_dreams: int | None = None):
+    """Add ``scale`` times the gradient of RWS's surrogate loss on x [B, D] (its mean over
+    the B points: wake-P, plus wake-Q and sleep-Q as asked) to the parameters' ``.grad``.
+    Returns (log p(x, h) [B, K], log q(h | x) [B, K]) of the K proposals drawn."""
+    B, L = x.shape[0], len(model.q_layers)
+    # wake: hs[l] [B, K, n_l] (x once per point: [B, 1, D]); Q's logits c_l and their
+    # sigmoids [B, 1, n] for the first layer (shared by the K samples), else [B, K, n]
+    hs, q_probs, log_q = [x[:, None]], [], 0
+    for l, layer in enumerate(model.q_layers):
+        c = layer.logits(hs[l].reshape(-1, layer.n_y))            # [B or B*K, n]
+        h, p = _sample(c, K if l == 0 else 1, generator)
+        c, p, h = (t.view(B, -1, layer.n_x) for t in (c, p, h))
+        log_q = log_q + bernoulli_log_prob(c, h)                  # [B, K]
+        hs.append(h)
+        q_probs.append(p)
+    p_logits, log_p = [], 0
+    for l, layer in enumerate(model.p_layers[:L]):
+        a = layer.logits(hs[l + 1].reshape(B * K, -1)).view(B, K, -1)   # [B, K, n_l]
+        log_p = log_p + bernoulli_log_prob(a, hs[l])
+        p_logits.append(a)
+    top = model.p_layers[L]
+    log_p = log_p + bernoulli_log_prob(top.logits(), hs[L])       # [B, K]
+    # w~ scale / B [B, K, 1]: minus the derivative of the loss in each log p_bk (and log q_bk)
+    w = (estimators.normalized_weights(log_p - log_q) * (scale / B))[..., None]
+
+    # wake-P: dL/da_l = w (sigmoid(a_l) - h_l)
+    for l, layer in enumerate(model.p_layers[:L]):
+        G = torch.sigmoid(p_logits[l]).sub_(hs[l]).mul_(w)       # [B, K, n_l]
+        _add_linear_grads(layer, G.view(B * K, -1), hs[l + 1].reshape(B * K, -1))
+    _add(top.a, (torch.sigmoid(top.a) - hs[L]).mul_(w).sum((0, 1)))
+    if wake_q:   # dL/dc_l = w (sigmoid(c_l) - h_{l+1}), summed over the samples sharing c_l
+        for l, layer in enumerate(model.q_layers):
+            G = (q_probs[l] - hs[l + 1]).mul_(w)                  # [B, K, n]
+            if q_probs[l].shape[1] == 1:
+                G = G.sum(1)                                      # [B, n]
+            _add_linear_grads(layer, G.reshape(-1, layer.n_x), hs[l].reshape(-1, layer.n_y))
+    if sleep_q:  # dL/dc_l = (sigmoid(c_l) - h_{l+1}) / n on dreams (x, h) ~ p
+        n = n_dreams or B
+        dreams = model.sample_p(n, generator)                     # [x [n, D], h_1, ..., h_L]
+        for l, layer in enumerate(model.q_layers):
+            G = torch.sigmoid(layer.logits(dreams[l])).sub_(dreams[l + 1]).mul_(scale / n)
+            _add_linear_grads(layer, G, dreams[l])
+    return log_p, log_q

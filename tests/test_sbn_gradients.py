@@ -1,0 +1,111 @@
+"""Closed-form RWS / wake-sleep gradients of sigmoid belief networks: against autograd of
+the surrogate losses on the same samples, and against exact gradients by enumeration."""
+import pytest
+import torch
+
+from rws import methods, sbn_gradients, zoo
+from rws.methods import Method
+from rws.train import OPTIMIZERS, train_step
+from tests.conftest import tiny_model
+from tests.exact import expected_log_q_under_p, kl_posterior_q, log_px
+from tests.test_rws import X, flat_grad, mc_mean, rel_err
+
+
+def grads_of(model, backward, x, seed, scale=1.0, parts=1):
+    """Gradients left in .grad by ``backward`` over x split into ``parts`` micro-batches."""
+    model.zero_grad(set_to_none=True)
+    g = torch.Generator().manual_seed(seed)
+    out = [backward(xs, g, scale * xs.shape[0] / x.shape[0]) for xs in x.split(x.shape[0] // parts)]
+    return [p.grad.clone() for p in model.parameters()], out
+
+
+@pytest.mark.parametrize("spec,n_data,method,K,options", [
+    ("sbn:20", 30, "rws", 5, {}),
+    ("sbn:6-4-3", 8, "rws", 4, {}),
+    ("sbn:6-4-3", 8, "rws", 3, {"wake_q": False}),
+    ("sbn:6-4-3", 8, "rws", 3, {"sleep_q": False}),
+    ("sbn:6-4-3", 8, "rws", 1, {"wake_q": False, "n_dreams": 5}),
+    ("sbn:6-4", 8, "ws", 1, {"n_dreams": 7}),
+])
+@pytest.mark.parametrize("parts", [1, 2])
+def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K, options, parts):
+    model = tiny_model(spec, n_data=n_data, seed=3, scale=0.7)
+    m = methods.build(method, model, K, **options)
+    x = (torch.rand(12, n_data, generator=torch.Generator().manual_seed(4)) < 0.4).float()
+    assert sbn_gradients.supported(model)
+    auto, auto_out = grads_of(model, lambda *a: Method.backward(m, *a), x, 5, 0.7, parts)
+    closed, closed_out = grads_of(model, m.backward, x, 5, 0.7, parts)
+    for a, c in zip(auto, closed):
+        assert a.abs().max() > 0
+        assert torch.allclose(a, c, rtol=1e-5, atol=1e-7 * a.abs().max().item())
+    for (fa, sa), (fc, sc) in zip(auto_out, closed_out):
+        assert bool(fa) and bool(fc)
+        assert sa["train_ll"].item() == pytest.approx(sc["train_ll"].item(), rel=1e-6)
+
+
+@pytest.fixture
+def model():
+    return tiny_model("sbn:3-2", n_data=5, seed=11, q_scale=0.5)
+
+
+def test_closed_form_wake_p_approaches_grad_log_px(model):
+    theta, phi = list(model.p_layers.parameters()), list(model.q_layers.parameters())
+    exact = flat_grad(-log_px(model, X).mean(), theta)
+    g = torch.Generator().manual_seed(0)
+
+    def draw():
+        model.zero_grad(set_to_none=True)
+        sbn_gradients.backward(model, X, 2000, g, wake_q=False, sleep_q=False)
+        assert all(p.grad is None for p in phi)          # wake-P touches P only
+        return torch.cat([p.grad.flatten() for p in theta])
+
+    est, _ = mc_mean(draw, 10)
+    assert rel_err(est, exact) < 0.03
+
+
+def test_closed_form_wake_q_and_sleep_q_approach_their_exact_gradients(model):
+    theta, phi = list(model.p_layers.parameters()), list(model.q_layers.parameters())
+    g = torch.Generator().manual_seed(1)
+
+    def draw(**which):
+        model.zero_grad(set_to_none=True)
+        sbn_gradients.backward(model, X, 2000, g, **which)
+        return torch.cat([p.grad.flatten() for p in phi])
+
+    wake, _ = mc_mean(lambda: draw(wake_q=True, sleep_q=False), 10)
+    assert rel_err(wake, flat_grad(kl_posterior_q(model, X).mean(), phi)) < 0.03
+    # sleep only: 20000 dreams per draw; P's gradient (wake-P) is left in theta's .grad
+    sleep, se = mc_mean(lambda: draw(wake_q=False, sleep_q=True, n_dreams=20000), 20)
+    exact = flat_grad(-expected_log_q_under_p(model), phi)
+    assert ((sleep - exact).abs() < 5 * se + 1e-6).all() and rel_err(sleep, exact) < 0.03
+    assert all(p.grad is not None for p in theta)
+
+
+@pytest.mark.parametrize("spec", ["darn:3", "nade[hidden=4]:3", "sbn[clamp=1]:3", "sbn/darn:3-2",
+                                  "dsbn[hidden=4]:3", "gauss:2"])
+def test_other_layer_families_use_autograd(spec):
+    assert not sbn_gradients.supported(zoo.build(spec, 5))
+
+
+def test_train_step_uses_the_closed_form_for_sbn(monkeypatch):
+    model = tiny_model("sbn:6-4", n_data=8)
+    method = methods.build("rws", model, 3)
+    monkeypatch.setattr(method, "loss", lambda *a: pytest.fail("autograd path taken"))
+    opt = OPTIMIZERS["adam"](method.param_groups(1e-3))
+    before = [p.detach().clone() for p in model.parameters()]
+    stepped, ll = train_step(method, opt, (torch.rand(10, 8) < 0.5).float(), None, 4)
+    assert stepped and torch.isfinite(ll)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_nonfinite_weights_are_reported():
+    model = tiny_model("sbn:6-4", n_data=8)
+    with torch.no_grad():
+        model.p_layers[0].W[0, 0] = float("nan")
+    finite, _ = methods.build("rws", model, 3).backward((torch.rand(4, 8) < 0.5).float())
+    assert not bool(finite)
+    darn = methods.build("rws", tiny_model("darn:4", n_data=8), 3)     # autograd's check
+    with torch.no_grad():
+        darn.model.p_layers[0].b[0] = float("nan")
+    assert not bool(darn.backward((torch.rand(4, 8) < 0.5).float())[0])
+
