@@ -38,18 +38,49 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, clamp: bool = Fals
         p = 0.9999 * torch.sigmoid(logits) + 5e-6
         return (x * torch.log(p) + (1 - x) * torch.log1p(-p)).sum(-1)
     # two reductions are faster than the fused BCE kernel on CPU (measured 0.7 vs 0.9-3.4 ns/elt)
-    return (x * logits).sum(-1) - F.softplus(logits).sum(-1)
+    return (x * logits).sum(-1) - softplus_sum(logits)
+
+
+_LOG2_E = 1 / math.log(2)
+
+
+def softplus_sum(a: torch.Tensor) -> torch.Tensor:
+    """sum_i softplus(a_i) = sum_i log(1 + e^a_i) over the last axis: [..., n] -> [...].
+
+    Without a gradient to record, and for large tensors, it takes one logarithm per 16
+    to 64 units instead of one per unit (the accurate per-unit log is most of
+    softplus's cost on a CPU; this form takes 40% less time at [1000, 784]):
+
+        sum_i softplus(a_i) = sum_i max(a_i, 0) + log prod_i (1 + e^-|a_i|)
+
+    with max(a, 0) = (a + |a|) / 2 and the product over groups of at most 64 factors,
+    each in (1, 2], so that no group overflows. Each factor 1 + e^-|a| carries one
+    float32 rounding (absolute error <= 6e-8 in its log) and each group product a few
+    more, the same order as summing float32 softplus values.
+    """
+    if a.numel() < 1 << 16 or (a.requires_grad and torch.is_grad_enabled()):
+        return F.softplus(a).sum(-1)
+    m = a.abs()
+    relu_sum = (a.sum(-1) + m.sum(-1)) * 0.5
+    f = m.mul_(-_LOG2_E).exp2_().add_(1)           # 1 + e^-|a|   (exp2 is vectorised)
+    n, group = f.shape[-1], 1
+    while n % 2 == 0 and group < 64:               # pairwise products of the two halves
+        n, group = n // 2, group * 2
+        f = f[..., :n] * f[..., n:]
+    return relu_sum + f.log().sum(-1)
 
 
 def bernoulli_sample(logits: torch.Tensor, generator: torch.Generator | None,
-                     clamp: bool = False) -> torch.Tensor:
-    """x ~ Bern(sigmoid(logits)), detached, in the logits' dtype."""
+                     clamp: bool = False, n: int | None = None) -> torch.Tensor:
+    """x ~ Bern(sigmoid(logits)), detached, in the logits' dtype. With ``n``, logits
+    [N, 1, d] give n draws per row, [N, n, d] (the sigmoid taken once per row)."""
     with torch.no_grad():
         p = torch.sigmoid(logits)
         if clamp:
             p = 0.9999 * p + 5e-6
+        shape = p.shape if n is None else (p.shape[0], n, *p.shape[2:])
         # u < p with u ~ U(0, 1): 4x faster than torch.bernoulli on CPU
-        u = rng.uniform(p.shape, generator, p.device, p.dtype)
+        u = rng.uniform(shape, generator, p.device, p.dtype)
         return (u < p).to(p.dtype)
 
 
@@ -112,13 +143,13 @@ class BernoulliLayer(nn.Module):
         a = self.head_logits(f)                                # [N*n, n_x]
         W, b = self.head()
         xa = torch.bmm(f.view(N, -1, f.shape[1]), (x @ W)[:, :, None]).view(N, -1)  # [N, n]
-        return (xa + (x @ b)[:, None]).view(-1) - F.softplus(a).sum(-1)
+        return (xa + (x @ b)[:, None]).view(-1) - softplus_sum(a)
 
     def sample(self, y: torch.Tensor | None, n: int = 1,
                generator: torch.Generator | None = None, score: bool = True):
         a = self.logits(y)[:, None, :]                         # [N, 1, n_x] (top: N = 1)
         N = a.shape[0]
-        x = bernoulli_sample(a.expand(N, n, self.n_x), generator, self.clamp)  # [N, n, n_x]
+        x = bernoulli_sample(a, generator, self.clamp, n)     # [N, n, n_x]
         if not score:
             return x.view(N * n, self.n_x), None
         log_p = bernoulli_log_prob(a, x, self.clamp)          # [N, n]

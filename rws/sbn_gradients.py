@@ -22,23 +22,15 @@ from __future__ import annotations
 
 import torch
 
-from rws import bf16, rng
+from rws import bf16
 from rws import rws as estimators
-from rws.layers import SBN, SBNTop, bernoulli_log_prob
+from rws.layers import SBN, SBNTop, bernoulli_log_prob, bernoulli_sample
 
 
 def supported(model) -> bool:
     """True when every layer of P and Q is an unclamped sigmoid belief layer."""
     return all(type(layer) in (SBN, SBNTop) and not layer.clamp
                for layer in (*model.p_layers, *model.q_layers))
-
-
-def _sample(a: torch.Tensor, n: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n draws of Bern(sigmoid(a)) per row of a [N, d]: (h [N, n, d], sigmoid(a) [N, d]);
-    the same draws as ``layers.bernoulli_sample`` of a repeated n times."""
-    p = torch.sigmoid(a)
-    u = rng.uniform((a.shape[0], n, a.shape[1]), generator, a.device, a.dtype)
-    return (u < p[:, None]).to(a.dtype), p
 
 
 def _add(param: torch.Tensor, grad: torch.Tensor) -> None:
@@ -71,8 +63,8 @@ def backward(model, x: torch.Tensor, K: int, generator, scale: float = 1.0,
     hs, q_probs, log_q = [x[:, None]], [], 0
     for l, layer in enumerate(model.q_layers):
         c = layer.logits(hs[l].reshape(-1, layer.n_y))            # [B or B*K, n]
-        h, p = _sample(c, K if l == 0 else 1, generator)
-        c, p, h = (t.view(B, -1, layer.n_x) for t in (c, p, h))
+        h = bernoulli_sample(c[:, None], generator, n=K if l == 0 else 1)
+        c, p, h = (t.view(B, -1, layer.n_x) for t in (c, torch.sigmoid(c), h))
         log_q = log_q + bernoulli_log_prob(c, h)                  # [B, K]
         hs.append(h)
         q_probs.append(p)
