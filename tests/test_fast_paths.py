@@ -6,9 +6,10 @@ from functools import partial
 
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import stats
 
-from rws import bf16, int8, methods, rng
+from rws import bf16, int8, layers, methods, rng
 from rws.estimate import log_likelihood
 from rws.methods import Method
 from rws.train import OPTIMIZERS, train_step
@@ -150,3 +151,22 @@ def test_evaluation_rejects_non_binary_data():
     model = tiny_model("sbn:3", n_data=4)
     with pytest.raises(ValueError, match="binary"):
         log_likelihood(model, torch.tensor([[0.0, 0.5, 1.0, 1.0]]), 4)
+
+
+@pytest.mark.parametrize("shape", [(1000, 784), (3, 70000), (100, 5, 200), (700, 97)])
+def test_softplus_sum_is_as_accurate_as_summed_float32_softplus(shape):
+    torch.manual_seed(0)
+    a = torch.randn(shape) * 6
+    a.view(-1)[:10] = torch.tensor([0.0, 1e-8, -1e-8, 30, -30, 90, -90, 1e4, -1e4, 16])
+    exact = F.softplus(a.double()).sum(-1)
+    plain = (F.softplus(a).sum(-1).double() - exact).abs().max()
+    grouped = (layers.softplus_sum(a).double() - exact).abs().max()
+    assert grouped <= 3 * plain, (grouped, plain)
+
+
+def test_softplus_sum_groups_do_not_overflow_and_gradients_still_flow():
+    zeros = torch.zeros(3, 1 << 14)                      # every factor 2: groups of 64 -> 2^64
+    assert torch.allclose(layers.softplus_sum(zeros), torch.full((3,), (1 << 14) * math.log(2)))
+    a = torch.randn(100, 1000, requires_grad=True)
+    layers.softplus_sum(a).sum().backward()
+    assert torch.allclose(a.grad, torch.sigmoid(a.detach()))
