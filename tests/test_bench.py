@@ -98,3 +98,24 @@ def test_regression_check_uses_machine_units(tmp_path):
     assert compare.costs(base) == {"a": 100.0, "b": 200.0}
     assert compare.main([base, same]) == 0
     assert compare.main([base, slow]) == 1
+
+
+def test_regression_check_judges_each_benchmark_against_the_runs_drift(tmp_path):
+    """A loaded spell slows every benchmark alike (the drift, the median ratio); a
+    regression stands out from it. Everything much slower fails as a whole."""
+    import json
+
+    def run(name, factors):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"benchmarks": [
+            {"name": n, "stats": {"min": f}, "extra_info": {"matmul_gflops": 100.0}}
+            for n, f in zip("abcde", factors)]}))
+        return str(path)
+
+    compare = _compare_module()
+    base = run("base", [1, 1, 1, 1, 1])
+    assert compare.main([base, run("loaded", [1.35, 1.25, 1.3, 1.2, 1.4])]) == 0
+    assert compare.main([base, run("one_slow", [1.2, 1.2, 1.7, 1.2, 1.2])]) == 1
+    assert compare.main([base, run("one_slow_quiet", [1.0, 1.0, 1.35, 1.0, 0.9])]) == 1
+    assert compare.main([base, run("faster", [0.7, 0.7, 0.7, 0.7, 0.95])]) == 0
+    assert compare.main([base, run("all_slow", [1.6, 1.6, 1.6, 1.6, 1.6])]) == 1
