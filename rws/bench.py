@@ -5,7 +5,8 @@ same process, just before each timed repeat, so that the machine's own speed can
 out. On a shared machine a neighbour only ever slows a run down, and it slows memory-
 bound elementwise work and the calibration GEMM by different amounts, so both sides are
 taken at their best, as timeit advises: the fastest of the repeats against the fastest
-calibration of the case (median times are recorded too).
+calibration of the case (median times are recorded too). The training cases take
+turns repeat by repeat, so that a slow spell falls on all of them.
 
 The FLOP model of a training step or an evaluation chunk is the count of the
 matrix-multiply FLOPs it executes (torch's FlopCounterMode over one step:
@@ -99,30 +100,56 @@ def _row(name, seconds, per_epoch, flops, peaks) -> Row:
                statistics.median(seconds))
 
 
-def time_training(case: Case, train_x, peak, steps: int, device="cpu",
-                  repeats: int = 5) -> Row:
-    """Seconds per step (fastest of ``repeats`` timings of ``steps`` steps) and the
-    epoch time it implies for the whole training set. ``peak``: the matmul GFLOP/s, or
-    a function that measures it (called before each repeat)."""
-    model, method, opt, micro = setup_case(case, train_x, device)
+def _training_timer(case: Case, train_x, batches, device):
+    """(time one repeat over ``batches`` -> seconds per step, the step's matmul FLOPs)
+    of a case, warmed up."""
+    _, method, opt, micro = setup_case(case, train_x, device)
     g = torch.Generator(device=device).manual_seed(0)
-    B = case.batch_size
-    batches = [train_x[i * B:(i + 1) * B].to(device).float() for i in range(steps)]
+
     def step(x):
         return train_step(method, opt, x, g, micro, case.grad_precision)
 
     flops = count_flops(lambda: step(batches[0]))     # bfloat16 products count as float32's
     for x in batches[:20]:
         step(x)         # warm-up: the first tens of steps of a process run slower
-    times, peaks = [], []
-    for _ in range(repeats):
-        peaks.append(_rates(peak)())
+
+    def repeat() -> float:
         t = time.perf_counter()
         for x in batches:
             step(x)
         _sync(device)
-        times.append((time.perf_counter() - t) / steps)
-    return _row(case.name, times, lambda dt: dt * math.ceil(len(train_x) / B), flops, peaks)
+        return (time.perf_counter() - t) / len(batches)
+    return repeat, flops
+
+
+def time_trainings(cases: list[Case], train_x, peak, steps, device="cpu",
+                   repeats: int = 5) -> list[Row]:
+    """Seconds per step of each case (fastest of ``repeats`` timings of ``steps`` steps;
+    ``steps``: a number, or a function of the case) and the epoch time it implies for
+    the whole training set. The cases take turns, repeat by repeat, so that a slow spell
+    of the machine falls on all of them, not on one (ratios between rows, such as the
+    K-scaling, are then measured side by side). ``peak``: the matmul GFLOP/s, or a
+    function that measures it (called before each repeat of each case)."""
+    steps_of = steps if callable(steps) else (lambda case: steps)
+    batches = {}    # the first minibatches of the training set, shared by the cases
+    for B in {c.batch_size for c in cases}:
+        n = max(steps_of(c) for c in cases if c.batch_size == B)
+        batches[B] = [train_x[i * B:(i + 1) * B].to(device).float() for i in range(n)]
+    timers = [_training_timer(c, train_x, batches[c.batch_size][:steps_of(c)], device)
+              for c in cases]
+    times, peaks = [[] for _ in cases], [[] for _ in cases]
+    for _ in range(repeats):
+        for (repeat, _), t, p in zip(timers, times, peaks):
+            p.append(_rates(peak)())
+            t.append(repeat())
+    return [_row(c.name, t, lambda dt, B=c.batch_size: dt * math.ceil(len(train_x) / B),
+                 flops, p) for c, (_, flops), t, p in zip(cases, timers, times, peaks)]
+
+
+def time_training(case: Case, train_x, peak, steps: int, device="cpu",
+                  repeats: int = 5) -> Row:
+    """``time_trainings`` of one case."""
+    return time_trainings([case], train_x, peak, steps, device, repeats)[0]
 
 
 def time_evaluation(model_spec: str, x, K: int, peak, device="cpu", repeats: int = 5) -> Row:
@@ -231,9 +258,9 @@ def run(device="cpu", quick=False, pyro=True, log=print) -> dict:
     rows = []
     header = f"{'case':34s} {'s/step':>9s} {'s/epoch':>8s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} {'of matmul':>9s}"
     log(header + "   (fastest of 5 repeats, fastest calibration)")
-    for case in (CASES[:3] if quick else CASES):
-        steps_here = steps if case.K * case.batch_size <= 1000 else max(5, steps // 5)
-        r = time_training(case, train_x, calibrate, steps_here, device)
+    def steps_of(case):
+        return steps if case.K * case.batch_size <= 1000 else max(5, steps // 5)
+    for r in time_trainings(CASES[:3] if quick else CASES, train_x, calibrate, steps_of, device):
         rows.append(r)
         log(f"{r.case:34s} {r.seconds_per_step * 1e3:7.2f}ms {r.seconds_per_epoch:8.2f} "
             f"{r.gflop_per_step:10.3f} {r.gflops:8.1f} {r.fraction_of_matmul:9.1%}")

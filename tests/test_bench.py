@@ -39,6 +39,16 @@ def test_training_timer_reports_consistent_rates():
     assert row.fraction_of_matmul == pytest.approx(row.gflops / 100.0)
 
 
+def test_training_cases_take_turns_repeat_by_repeat():
+    """Calibrations 1, 2, 3, 4 in call order: alternating cases A B A B see 1, 3 and 2, 4."""
+    x = torch.bernoulli(torch.full((300, 784), 0.2))
+    calls = iter(range(1, 5))
+    cases = [bench.Case("A", "rws", "sbn:10", 2), bench.Case("B", "ws", "sbn:10", 1)]
+    rows = bench.time_trainings(cases, x, lambda: float(next(calls)), steps=2, repeats=2)
+    assert [r.case for r in rows] == ["A", "B"]
+    assert [r.gflops / r.fraction_of_matmul for r in rows] == pytest.approx([3.0, 4.0])
+
+
 def test_rows_take_the_fastest_repeat_against_the_fastest_calibration():
     row = bench._row("r", [3.0, 1.0, 2.0], lambda dt: 10 * dt, 4e9, [100.0, 50.0, 200.0])
     assert row.seconds_per_step == 1.0 and row.seconds_median == 2.0
