@@ -7,6 +7,8 @@ score-function gradients for discrete latents and a leave-one-out baseline per s
 
 where L^_{-k} is L^ with log w_k replaced by the mean of the other K - 1 log weights.
 Surrogate loss (minimised): -L^ - sum_k sg[L^ - L^_{-k}] log q(h_k | x). Needs K >= 2.
+For sigmoid belief networks the gradient is taken in closed form (``rws.sbn_gradients``):
+the loss's derivative is -w~_k in log p(x, h_k) and w~_k - (L^ - L^_{-k}) in log q(h_k | x).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import math
 
 import torch
 
+from rws import sbn_gradients
 from rws.errors import UserError
 from rws.methods import Method
 
@@ -38,11 +41,24 @@ class VIMCO(Method):
         if K < 2:
             raise UserError(f"vimco needs K >= 2 samples for its leave-one-out baseline, got K={K}")
 
-    def loss(self, x, generator=None):
-        log_p, log_q = self.model.log_joint(x, self.K, generator)                 # [B, K]
+    def _bound_and_loss(self, log_p, log_q):
+        """L^ [B], the learning signals L^ - L^_{-k} [B, K] (detached), the surrogate loss."""
         log_w = log_p - log_q
         bound = torch.logsumexp(log_w, 1) - math.log(self.K)                      # [B]
         with torch.no_grad():
             signal = bound[:, None] - leave_one_out_bounds(log_w)                   # [B, K]
-        loss = -bound.mean() - (signal * log_q).sum(1).mean()
+        return bound, signal, -bound.mean() - (signal * log_q).sum(1).mean()
+
+    def loss(self, x, generator=None):
+        log_p, log_q = self.model.log_joint(x, self.K, generator)                 # [B, K]
+        bound, _, loss = self._bound_and_loss(log_p, log_q)
         return loss, {"train_ll": bound.detach().mean()}
+
+    def backward(self, x, generator=None, scale=1.0):
+        if not sbn_gradients.supported(self.model):
+            return super().backward(x, generator, scale)
+        props = sbn_gradients.propose(self.model, x, self.K, generator)
+        bound, signal, loss = self._bound_and_loss(props.log_p, props.log_q)
+        w = torch.softmax(props.log_p - props.log_q, 1)                           # d L^ / d log w
+        sbn_gradients.add_wake_gradients(self.model, props, w, signal - w, scale)
+        return torch.isfinite(loss), {"train_ll": bound.mean()}

@@ -11,12 +11,13 @@ from tests.exact import expected_log_q_under_p, kl_posterior_q, log_px
 from tests.test_rws import X, flat_grad, mc_mean, rel_err
 
 
-def grads_of(model, backward, x, seed, scale=1.0, parts=1):
-    """Gradients left in .grad by ``backward`` over x split into ``parts`` micro-batches."""
-    model.zero_grad(set_to_none=True)
+def grads_of(module, backward, x, seed, scale=1.0, parts=1):
+    """Gradients left in .grad of module's parameters by ``backward`` over x split into
+    ``parts`` micro-batches."""
+    module.zero_grad(set_to_none=True)
     g = torch.Generator().manual_seed(seed)
     out = [backward(xs, g, scale * xs.shape[0] / x.shape[0]) for xs in x.split(x.shape[0] // parts)]
-    return [p.grad.clone() for p in model.parameters()], out
+    return [p.grad.clone() for p in module.parameters()], out
 
 
 @pytest.mark.parametrize("spec,n_data,method,K,options", [
@@ -26,6 +27,8 @@ def grads_of(model, backward, x, seed, scale=1.0, parts=1):
     ("sbn:6-4-3", 8, "rws", 3, {"sleep_q": False}),
     ("sbn:6-4-3", 8, "rws", 1, {"wake_q": False, "n_dreams": 5}),
     ("sbn:6-4", 8, "ws", 1, {"n_dreams": 7}),
+    ("sbn:20", 30, "vimco", 5, {}),
+    ("sbn:6-4-3", 8, "vimco", 3, {}),
 ])
 @pytest.mark.parametrize("parts", [1, 2])
 def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K, options, parts):
@@ -33,11 +36,11 @@ def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K
     m = methods.build(method, model, K, **options)
     x = (torch.rand(12, n_data, generator=torch.Generator().manual_seed(4)) < 0.4).float()
     assert sbn_gradients.supported(model)
-    auto, auto_out = grads_of(model, lambda *a: Method.backward(m, *a), x, 5, 0.7, parts)
-    closed, closed_out = grads_of(model, m.backward, x, 5, 0.7, parts)
+    auto, auto_out = grads_of(m, lambda *a: Method.backward(m, *a), x, 5, 0.7, parts)
+    closed, closed_out = grads_of(m, m.backward, x, 5, 0.7, parts)
     for a, c in zip(auto, closed):
         assert a.abs().max() > 0
-        assert torch.allclose(a, c, rtol=1e-5, atol=1e-7 * a.abs().max().item())
+        assert torch.allclose(a, c, rtol=1e-5, atol=1e-6 * a.abs().max().item())
     for (fa, sa), (fc, sc) in zip(auto_out, closed_out):
         assert bool(fa) and bool(fc)
         assert sa["train_ll"].item() == pytest.approx(sc["train_ll"].item(), rel=1e-6)
