@@ -41,7 +41,10 @@ class WakeSleep(Method):
     def backward(self, x, generator=None, scale=1.0):
         if not sbn_gradients.supported(self.model):
             return super().backward(x, generator, scale)
-        log_p, log_q = sbn_gradients.backward(self.model, x, 1, generator, scale,
-                                              wake_q=False, sleep_q=True, n_dreams=self.n_dreams)
+        props = sbn_gradients.propose(self.model, x, 1, generator)
+        log_p, log_q = props.log_p, props.log_q                                   # [B, 1]
+        sbn_gradients.add_wake_gradients(self.model, props, torch.ones_like(log_p), None, scale)
+        sbn_gradients.add_sleep_gradients(self.model, self.n_dreams or x.shape[0], generator,
+                                          scale)
         log_w = log_p - log_q
         return (log_w < math.inf).all() & (log_p > -math.inf).all(), {"train_ll": log_w.mean()}

@@ -110,8 +110,13 @@ class RWS(Method):
         same samples (``rws.sbn_gradients``)."""
         if not sbn_gradients.supported(self.model):
             return super().backward(x, generator, scale)
-        log_p, log_q = sbn_gradients.backward(self.model, x, self.K, generator, scale,
-                                              self.wake_q, self.sleep_q, self.n_dreams)
+        props = sbn_gradients.propose(self.model, x, self.K, generator)
+        log_p, log_q = props.log_p, props.log_q
+        w = normalized_weights(log_p - log_q)
+        sbn_gradients.add_wake_gradients(self.model, props, w, w if self.wake_q else None, scale)
+        if self.sleep_q:
+            sbn_gradients.add_sleep_gradients(self.model, self.n_dreams or x.shape[0], generator,
+                                              scale)
         # the loss is finite unless a weight is NaN or +inf (log w = -inf counts for nothing)
         finite = (log_p - log_q < math.inf).all()
         return finite, {"train_ll": log_px_estimate(log_p, log_q).mean()}

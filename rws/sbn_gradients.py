@@ -1,4 +1,4 @@
-"""RWS and wake-sleep gradients of sigmoid belief networks in closed form.
+"""RWS, wake-sleep and VIMCO gradients of sigmoid belief networks in closed form.
 
 A Bernoulli unit with logit a has d/da log Bern(x | sigmoid(a)) = x - sigmoid(a), and a
 sigmoid belief layer has a = W y + b, so each direction of ``rws.rws`` is a weighted sum
@@ -20,10 +20,10 @@ one weight-gradient GEMM G^T y per layer: that step runs 12-14% faster at K = 5
 (interleaved A/B runs). Other layer families, and clamped SBN layers, use autograd.
 
 ``propose`` draws the proposals; ``add_wake_gradients`` takes any per-sample weights of
-log p and log q (RWS: w~ for both; VIMCO, ``baselines.vimco``: w~ and its learning
-signal minus w~, 8% faster than autograd at K = 5); ``add_sleep_gradients`` the dreams'.
-NVIL keeps autograd: its baseline networks need it anyway, and the closed form measured
-no faster there.
+log p and log q (RWS, ``rws.rws``: w~ for both; wake-sleep: 1 for log p; VIMCO,
+``baselines.vimco``: w~ and its learning signal minus w~, 8% faster than autograd at
+K = 5); ``add_sleep_gradients`` adds the dreams'. NVIL keeps autograd: its baseline
+networks need it anyway, and the closed form measured no faster there.
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import torch
 
 from rws import bf16
-from rws import rws as estimators
 from rws.layers import SBN, SBNTop, bernoulli_log_prob, bernoulli_sample
 
 
@@ -115,8 +114,7 @@ def add_wake_gradients(model, props: Proposals, p_weights: torch.Tensor,
         -(scale / B) sum_{b,k} [p_weights_bk log p(x_b, h_bk) + q_weights_bk log q(h_bk | x_b)]
 
     with the weights [B, K] held constant (RWS: both w~; VIMCO: w~ and its learning
-    signal minus w~). ``q_weights``: None (Q untouched), one [B, K] tensor for every Q
-    layer, or a list with one per Q layer (NVIL's local signals)."""
+    signal minus w~). ``q_weights`` None leaves Q untouched."""
     L, hs = len(model.q_layers), props.hs
     B, K = hs[1].shape[:2]
     # P: dL/da_l = alpha (sigmoid(a_l) - h_l), alpha = p_weights scale / B
@@ -129,9 +127,9 @@ def add_wake_gradients(model, props: Proposals, p_weights: torch.Tensor,
     if q_weights is None:
         return
     # Q: dL/dc_l = beta (sigmoid(c_l) - h_{l+1}), summed over the samples sharing c_l
+    beta = (q_weights * (scale / B))[..., None]                   # [B, K, 1]
     for l, layer in enumerate(model.q_layers):
-        beta = q_weights[l] if isinstance(q_weights, (list, tuple)) else q_weights
-        G = (props.q_probs[l] - hs[l + 1]).mul_((beta * (scale / B))[..., None])  # [B, K, n]
+        G = (props.q_probs[l] - hs[l + 1]).mul_(beta)             # [B, K, n]
         if props.q_probs[l].shape[1] == 1:
             G = G.sum(1)                                          # [B, n]
         _add_linear_grads(layer, G.reshape(-1, layer.n_x), hs[l].reshape(-1, layer.n_y))
@@ -146,16 +144,3 @@ def add_sleep_gradients(model, n: int, generator, scale: float = 1.0) -> None:
         G = torch.sigmoid(layer.logits(dreams[l])).sub_(dreams[l + 1]).mul_(scale / n)
         _add_linear_grads(layer, G, dreams[l])
 
-
-def backward(model, x: torch.Tensor, K: int, generator, scale: float = 1.0,
-             wake_q: bool = True, sleep_q: bool = True, n_dreams: int | None = None):
-    """Add ``scale`` times the gradient of RWS's surrogate loss on x [B, D] (its mean over
-    the B points: wake-P, plus wake-Q and sleep-Q as asked) to the parameters' ``.grad``.
-    Returns (log p(x, h) [B, K], log q(h | x) [B, K]) of the K proposals drawn."""
-    props = propose(model, x, K, generator)
-    log_p, log_q = props.log_p, props.log_q
-    w = estimators.normalized_weights(log_p - log_q)              # [B, K]
-    add_wake_gradients(model, props, w, w if wake_q else None, scale)
-    if sleep_q:
-        add_sleep_gradients(model, n_dreams or x.shape[0], generator, scale)
-    return log_p, log_q

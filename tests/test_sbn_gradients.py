@@ -5,6 +5,7 @@ import torch
 
 from rws import methods, sbn_gradients, zoo
 from rws.methods import Method
+from rws.rws import normalized_weights
 from rws.train import OPTIMIZERS, train_step
 from tests.conftest import tiny_model
 from tests.exact import expected_log_q_under_p, kl_posterior_q, log_px
@@ -58,7 +59,9 @@ def test_closed_form_wake_p_approaches_grad_log_px(model):
 
     def draw():
         model.zero_grad(set_to_none=True)
-        sbn_gradients.backward(model, X, 2000, g, wake_q=False, sleep_q=False)
+        props = sbn_gradients.propose(model, X, 2000, g)
+        w = normalized_weights(props.log_p - props.log_q)
+        sbn_gradients.add_wake_gradients(model, props, w)
         assert all(p.grad is None for p in phi)          # wake-P touches P only
         return torch.cat([p.grad.flatten() for p in theta])
 
@@ -70,18 +73,24 @@ def test_closed_form_wake_q_and_sleep_q_approach_their_exact_gradients(model):
     theta, phi = list(model.p_layers.parameters()), list(model.q_layers.parameters())
     g = torch.Generator().manual_seed(1)
 
-    def draw(**which):
+    def wake():
         model.zero_grad(set_to_none=True)
-        sbn_gradients.backward(model, X, 2000, g, **which)
+        props = sbn_gradients.propose(model, X, 2000, g)
+        w = normalized_weights(props.log_p - props.log_q)
+        sbn_gradients.add_wake_gradients(model, props, torch.zeros_like(w), w)
         return torch.cat([p.grad.flatten() for p in phi])
 
-    wake, _ = mc_mean(lambda: draw(wake_q=True, sleep_q=False), 10)
-    assert rel_err(wake, flat_grad(kl_posterior_q(model, X).mean(), phi)) < 0.03
-    # sleep only: 20000 dreams per draw; P's gradient (wake-P) is left in theta's .grad
-    sleep, se = mc_mean(lambda: draw(wake_q=False, sleep_q=True, n_dreams=20000), 20)
+    def sleep():
+        model.zero_grad(set_to_none=True)
+        sbn_gradients.add_sleep_gradients(model, 20000, g)
+        assert all(p.grad is None for p in theta)        # sleep-Q touches Q only
+        return torch.cat([p.grad.flatten() for p in phi])
+
+    est, _ = mc_mean(wake, 10)
+    assert rel_err(est, flat_grad(kl_posterior_q(model, X).mean(), phi)) < 0.03
+    est, se = mc_mean(sleep, 20)
     exact = flat_grad(-expected_log_q_under_p(model), phi)
-    assert ((sleep - exact).abs() < 5 * se + 1e-6).all() and rel_err(sleep, exact) < 0.03
-    assert all(p.grad is not None for p in theta)
+    assert ((est - exact).abs() < 5 * se + 1e-6).all() and rel_err(est, exact) < 0.03
 
 
 @pytest.mark.parametrize("spec", ["darn:3", "nade[hidden=4]:3", "sbn[clamp=1]:3", "sbn/darn:3-2",
