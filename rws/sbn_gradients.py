@@ -16,7 +16,7 @@ generator is consumed in the same order, so the draws are identical; a test chec
 gradients against autograd's). Written directly they skip the autograd graph (an RWS
 step on SBN 200 issues 150 instead of 222 top-level operations, each costing several
 microseconds of dispatch) and fold the normalised weights into G = dL/da before the
-one weight-gradient GEMM G^T y per layer: that step runs 12-14% faster at K = 5
+one weight-gradient GEMM G^T y per layer: that step runs 9-15% faster at K = 5
 (interleaved A/B runs). Other layer families, and clamped SBN layers, use autograd.
 
 ``propose`` draws the proposals; ``add_wake_gradients`` takes any per-sample weights of
