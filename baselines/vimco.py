@@ -58,7 +58,8 @@ class VIMCO(Method):
         if not sbn_gradients.supported(self.model):
             return super().backward(x, generator, scale)
         props = sbn_gradients.propose(self.model, x, self.K, generator)
-        bound, signal, loss = self._bound_and_loss(props.log_p, props.log_q)
-        w = torch.softmax(props.log_p - props.log_q, 1)                           # d L^ / d log w
+        log_p, log_q = props.log_p, props.log_q                                   # [B, K]
+        bound, signal, loss = self._bound_and_loss(log_p, log_q)
+        w = torch.softmax(log_p - log_q, 1)                                       # d L^ / d log w
         sbn_gradients.add_wake_gradients(self.model, props, w, signal - w, scale)
         return torch.isfinite(loss), {"train_ll": bound.mean()}

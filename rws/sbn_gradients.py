@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from rws import bf16
-from rws.layers import SBN, SBNTop, bernoulli_log_prob, bernoulli_sample
+from rws.layers import SBN, SBNTop, bernoulli_draw, bernoulli_log_prob
 
 
 def supported(model) -> bool:
@@ -87,13 +87,15 @@ class Proposals:
 
 @torch.no_grad()
 def propose(model, x: torch.Tensor, K: int, generator) -> Proposals:
-    """Draw K proposals per point (the generator consumed as ``model.log_joint`` does)."""
+    """Draw K proposals per point (the generator consumed as ``model.log_joint`` does,
+    so the draws are the same; Q's sigmoids are kept for the gradients)."""
     B, L = x.shape[0], len(model.q_layers)
     hs, q_probs, log_q = [x[:, None]], [], []
     for l, layer in enumerate(model.q_layers):
         c = layer.logits(hs[l].reshape(-1, layer.n_y))            # [B or B*K, n]
-        h = bernoulli_sample(c[:, None], generator, n=K if l == 0 else 1)
-        c, p, h = (t.view(B, -1, layer.n_x) for t in (c, torch.sigmoid(c), h))
+        p = torch.sigmoid(c)
+        h = bernoulli_draw(p[:, None], generator, n=K if l == 0 else 1)
+        c, p, h = (t.view(B, -1, layer.n_x) for t in (c, p, h))
         log_q.append(bernoulli_log_prob(c, h))                    # [B, K]
         hs.append(h)
         q_probs.append(p)
