@@ -56,10 +56,14 @@ class Method(nn.Module):
     def backward(self, x: torch.Tensor, generator: torch.Generator | None = None,
                  scale: float = 1.0) -> tuple[torch.Tensor, dict]:
         """Add ``scale`` x the gradient of ``loss(x)`` to the parameters' ``.grad``.
-        Returns (whether the loss was finite: [] bool, the stats of ``loss``)."""
+        Returns (whether the loss and the accumulated gradient are finite: [] bool, the
+        stats of ``loss``). A closed-form override may skip the gradient's check where
+        a finite loss bounds its gradient."""
         loss, stats = self.loss(x, generator)
         (loss * scale).backward()
-        return torch.isfinite(loss.detach()), stats
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+        return torch.isfinite(loss.detach()) & torch.isfinite(grad_norm), stats
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups: the model, then the method's own parameters if any."""

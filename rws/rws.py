@@ -117,6 +117,7 @@ class RWS(Method):
         if self.sleep_q:
             sbn_gradients.add_sleep_gradients(self.model, self.n_dreams or x.shape[0], generator,
                                               scale)
-        # the loss is finite unless a weight is NaN or +inf (log w = -inf counts for nothing)
+        # the loss is finite unless a weight is NaN or +inf (log w = -inf counts for
+        # nothing), and then so is the gradient (``rws.sbn_gradients``)
         finite = (log_p - log_q < math.inf).all()
         return finite, {"train_ll": log_px_estimate(log_p, log_q).mean()}

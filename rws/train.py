@@ -105,12 +105,10 @@ def train_step(method, optimizer, x, generator, micro: int, grad_precision: str 
     finite = torch.ones((), dtype=torch.bool, device=x.device)
     with bf16.weight_gradients(grad_precision == "bfloat16"):
         for xs in x.split(micro):
-            loss_finite, stats = method.backward(xs, generator, xs.shape[0] / B)
-            finite &= loss_finite
+            step_finite, stats = method.backward(xs, generator, xs.shape[0] / B)
+            finite &= step_finite          # the loss and the gradient (``Method.backward``)
             ll += stats["train_ll"].detach() * (xs.shape[0] / B)
-    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm(grads)
-    if not bool(finite & torch.isfinite(grad_norm)):
+    if not bool(finite):
         return False, ll
     optimizer.step()
     return True, ll

@@ -121,3 +121,33 @@ def test_nonfinite_weights_are_reported():
         darn.model.p_layers[0].b[0] = float("nan")
     assert not bool(darn.backward((torch.rand(4, 8) < 0.5).float())[0])
 
+
+
+def test_autograd_backward_reports_a_nonfinite_gradient_of_a_finite_loss():
+    class SqrtAtZero(Method):            # loss sqrt(0 * b) = 0, gradient 0 * inf = NaN
+        def loss(self, x, generator=None):
+            b = self.model.p_layers[0].b
+            return torch.sqrt(b[0] * 0.0), {"train_ll": torch.zeros(())}
+
+    m = SqrtAtZero(tiny_model("sbn:6-4", n_data=8), 1)
+    finite, _ = m.backward(torch.zeros(2, 8))
+    assert not bool(finite)
+    opt = OPTIMIZERS["adam"](m.param_groups(1e-3))
+    before = [p.detach().clone() for p in m.parameters()]
+    assert train_step(m, opt, torch.zeros(2, 8), None, 2) == (False, 0.0)
+    assert all(torch.equal(a, p) for a, p in zip(before, m.parameters()))
+
+
+@pytest.mark.parametrize("method,K", [("rws", 4), ("ws", 1), ("vimco", 4)])
+def test_closed_form_gradient_is_finite_when_reported_finite(method, K):
+    """The closed form skips the gradient-norm check: its gradient is bounded whenever
+    the loss is finite, even for saturated units (logits of order 1e6)."""
+    model = tiny_model("sbn:6-4-3", n_data=8, seed=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e6)
+    m = methods.build(method, model, K)
+    x = (torch.rand(16, 8, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    finite, _ = m.backward(x, torch.Generator().manual_seed(3))
+    assert bool(finite)
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())

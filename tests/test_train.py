@@ -119,11 +119,12 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
     real_backward = trainer.method.backward
     calls = {"n": 0}
 
-    def sometimes_nan(x, g, scale):       # every 4th step: a NaN gradient
+    def sometimes_nan(x, g, scale):       # every 4th step: a NaN gradient, reported
         finite, stats = real_backward(x, g, scale)
         calls["n"] += 1
         if calls["n"] % 4 == 0:
             trainer.model.p_layers[0].b.grad[0] = float("nan")
+            finite = torch.zeros((), dtype=torch.bool)
         return finite, stats
 
     monkeypatch.setattr(trainer.method, "backward", sometimes_nan)
