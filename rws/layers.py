@@ -75,10 +75,13 @@ def bernoulli_sample(logits: torch.Tensor, generator: torch.Generator | None,
     """x ~ Bern(sigmoid(logits)), detached, in the logits' dtype. With ``n``, logits
     [N, 1, d] give n draws per row, [N, n, d] (the sigmoid taken once per row)."""
     with torch.no_grad():
-        p = torch.sigmoid(logits)
-        if clamp:
-            p = 0.9999 * p + 5e-6
-        return bernoulli_draw(p, generator, n)
+        return bernoulli_draw(bernoulli_probs(logits, clamp), generator, n)
+
+
+def bernoulli_probs(logits: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+    """sigmoid(logits), or the clamped 0.9999 sigmoid(logits) + 5e-6."""
+    p = torch.sigmoid(logits)
+    return 0.9999 * p + 5e-6 if clamp else p
 
 
 def bernoulli_draw(p: torch.Tensor, generator: torch.Generator | None,
@@ -345,10 +348,11 @@ class NADELogits(torch.autograd.Function):
     backward: with g_i = dL/ds_i and d = dL/da_{i+1} running from the last unit down,
               dW[i] = x_i^T d,  dV[:, i] = h_i^T g_i,  d += (g_i V[:, i]) * h_i (1 - h_i),
               dc = d at the end,  db = g.
-    Every step works on [rows, H], which stays in cache; autograd through the unit loop
-    (or the vectorised [rows, n_x, H] form) is several times slower on a CPU. The
-    backward pass recovers a_i by subtracting x_i W[i], re-anchored every ``anchor``
-    units at values saved in the forward pass so rounding cannot drift.
+    Every step works on [rows, H], which stays in cache, updated in place, with the units
+    of x, g and V as contiguous rows; autograd through the unit loop (or the vectorised
+    [rows, n_x, H] form) is several times slower on a CPU. The backward pass recovers
+    a_i by subtracting x_i W[i], re-anchored every ``anchor`` units at values saved in
+    the forward pass so rounding cannot drift.
     x: [R, D] (constant), b: [R, D], c: [R, H], W: [D, H], V: [H, D] -> s: [R, D].
     """
 
@@ -357,34 +361,36 @@ class NADELogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, c, W, V):
         R, D = x.shape
-        s = torch.empty_like(b)
+        xT, VT = x.t().contiguous(), V.t().contiguous()     # [D, R], [D, H]: unit i is a row
+        sT = torch.empty(D, R, dtype=b.dtype, device=b.device)
         a = c.clone()
         saved = []
         for i in range(D):
             if i % NADELogits.anchor == 0:
                 saved.append(a.clone())
-            s[:, i] = torch.sigmoid(a) @ V[:, i]
-            a.addr_(x[:, i], W[i])
-        s += b
+            torch.mv(torch.sigmoid(a), VT[i], out=sT[i])
+            a.addr_(xT[i], W[i])
         ctx.save_for_backward(x, W, V, a, *saved)
-        return s
+        return torch.add(b, sT.t(), out=torch.empty_like(b))
 
     @staticmethod
     def backward(ctx, g):
         x, W, V, a, *saved = ctx.saved_tensors
         R, D = x.shape
-        dW, dV = torch.zeros_like(W), torch.zeros_like(V)
+        xT, gT, VT = x.t().contiguous(), g.t().contiguous(), V.t().contiguous()
+        dW, dV = torch.empty_like(W), torch.empty_like(V)
         d = torch.zeros_like(a)                    # dL/da_{i+1}
+        a = a.clone()                              # (the saved tensors stay intact)
         for i in range(D - 1, -1, -1):
-            dW[i] = x[:, i] @ d
+            torch.mv(d.t(), xT[i], out=dW[i])
             if i % NADELogits.anchor == 0:
-                a = saved[i // NADELogits.anchor]
+                a.copy_(saved[i // NADELogits.anchor])
             else:
-                a = a - torch.outer(x[:, i], W[i])  # a_i from a_{i+1}
+                a.addr_(xT[i], W[i], alpha=-1)     # a_i from a_{i+1}
             h = torch.sigmoid(a)
-            gi = g[:, i]
-            dV[:, i] = gi @ h
-            d = d + torch.outer(gi, V[:, i]) * h * (1 - h)
+            dV[:, i] = torch.mv(h.t(), gT[i])
+            hp = torch.addcmul(h, h, h, value=-1).mul_(gT[i][:, None])   # g_i h (1 - h)
+            d.addcmul_(hp, VT[i])                  # += (g_i V[:, i]) * h (1 - h)
         return None, g, d, dW, dV
 
 
@@ -426,11 +432,14 @@ class NADE(nn.Module):
         with torch.no_grad():
             b, c = self._biases(y, n)
             a = c.clone()                                  # [N*n, H]
-            x = torch.zeros_like(b)
+            u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)  # unit i: u[i]
+            bT, VT = b.t().contiguous(), self.V.t().contiguous()
+            xT = torch.empty_like(bT)                      # [n_x, N*n]
             for i in range(self.n_x):
-                logit = b[:, i] + torch.sigmoid(a) @ self.V[:, i]
-                x[:, i] = bernoulli_sample(logit, generator, self.clamp)
-                a.addr_(x[:, i], self.W[i])
+                logit = torch.mv(torch.sigmoid(a), VT[i]).add_(bT[i])
+                torch.lt(u[i], bernoulli_probs(logit, self.clamp), out=xT[i])
+                a.addr_(xT[i], self.W[i])
+            x = xT.t().contiguous()
         return x, (self.log_prob(x, y) if score else None)
 
 
