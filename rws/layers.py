@@ -326,12 +326,13 @@ class DARN(nn.Module):
 
     def sample(self, y, n=1, generator=None, score=True):
         with torch.no_grad():
-            acc = self._base(y, n).clone()                 # running logits [N*n, n_x]
-            Wm = self.W * self.mask
-            x = torch.zeros_like(acc)
+            accT = self._base(y, n).t().contiguous()       # running logits [n_x, N*n]
+            u = rng.uniform(accT.shape, generator, accT.device, accT.dtype)    # unit j: u[j]
+            xT = torch.empty_like(accT)
             for j in range(self.n_x):
-                x[:, j] = bernoulli_sample(acc[:, j], generator, self.clamp)
-                acc += x[:, j:j + 1] * Wm[j]               # unit j feeds units > j
+                torch.lt(u[j], bernoulli_probs(accT[j], self.clamp), out=xT[j])
+                accT[j + 1:].addr_(self.W[j, j + 1:], xT[j])   # unit j feeds units > j
+            x = xT.t().contiguous()
         return x, (self.log_prob(x, y) if score else None)
 
 
