@@ -43,7 +43,7 @@ from pathlib import Path
 from rws import data as datasets
 from rws import methods, results, zoo
 from rws.errors import UserError
-from rws.train import RECORD, TrainConfig, Trainer
+from rws.train import RECORD, RESUMABLE_CHANGES, TrainConfig, Trainer
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 ERROR = "error.json"
@@ -99,8 +99,9 @@ def expand(config: dict) -> list[TrainConfig]:
     for i, cell in enumerate(config.get("cells", [])):
         _check_keys(f"[[cells]] number {i + 1}", cell)
     explicit = config.get("cells", [])
-    if explicit:   # each [[cells]] entry crossed with the grid (the entry wins on a clash)
-        cells = [{**defaults, **g, **c} for c in explicit for g in (combos or [{}])]
+    if explicit:   # each grid combination with each [[cells]] entry (the entry wins on a
+        # clash), grid-major: the cells of the first model run first
+        cells = [{**defaults, **g, **c} for g in (combos or [{}]) for c in explicit]
     else:
         cells = [{**defaults, **g} for g in combos]
     if not cells:
@@ -130,22 +131,36 @@ def validate(cfg: TrainConfig, cell: dict) -> None:
         raise UserError(f"sweep config: cell {cell}: {e}") from None
 
 
+# settings that a run may change when it is resumed (a larger epoch cap, a larger test
+# K, ...) are not part of its identity: raising a config's cap continues its cells
+_NOT_IDENTITY = RESUMABLE_CHANGES
+
+
 def cell_id(cfg: TrainConfig) -> str:
-    """A readable, unique directory name for a cell."""
-    d = dataclasses.asdict(cfg)
-    for k in ("progress", "device", "threads"):
-        d.pop(k)
+    """A readable, unique directory name for a cell. Its digest covers the settings that
+    differ from TrainConfig's defaults, so an option added to the suite later (at a
+    default that reproduces what runs did before) leaves existing cells' ids, and hence
+    their resumable directories, unchanged."""
+    defaults = TrainConfig()
+    d = {k: v for k, v in dataclasses.asdict(cfg).items()
+         if k not in _NOT_IDENTITY and v != getattr(defaults, k)}
     digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
     model = cfg.model.replace(":", "_").replace("/", "-").replace("[", "(").replace("]", ")")
     model = "".join(c if c.isalnum() or c in "-_()=," else "_" for c in model)
     return f"{cfg.data}-{model}-{cfg.method}-K{cfg.K}-s{cfg.seed}-{digest}"
 
 
-def is_done(run_dir: Path) -> bool:
+def is_done(run_dir: Path, cfg: TrainConfig | None = None) -> bool:
+    """The record says finished: stopped early, or at an epoch cap no lower than
+    ``cfg.epochs`` (a config whose cap was raised continues the cell)."""
     try:
-        return json.loads((run_dir / RECORD).read_text()).get("status") == "finished"
+        rec = json.loads((run_dir / RECORD).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return False
+    if rec.get("status") != "finished":
+        return False
+    return (cfg is None or rec.get("stopped_by") == "early_stopping"
+            or rec.get("epochs_done", 0) >= cfg.epochs)
 
 
 def run_cell(cfg_dict: dict, run_dir: str) -> dict:
@@ -199,7 +214,7 @@ def run(config: dict, out: str | Path | None = None, workers: int = 1,
     summaries, todo = [], []
     for cfg in cells:
         run_dir = out / cell_id(cfg)
-        if is_done(run_dir):
+        if is_done(run_dir, cfg):
             summaries.append({"cell": run_dir.name, "status": "skipped (finished before)"})
         else:
             todo.append((cfg, run_dir))
