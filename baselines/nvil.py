@@ -41,10 +41,11 @@ class NVIL(Method):
         self.register_buffer("c", torch.zeros(L))
         self.register_buffer("v", torch.zeros(L))
 
-    def param_groups(self, lr):
+    def param_groups(self, lr, lr_p=None, lr_q=None):
         # the baselines learn 10x faster than the model (as in REBAR's NVIL)
-        return [{"params": list(self.model.parameters()), "lr": lr},
-                {"params": list(self.baselines.parameters()), "lr": lr * self.baseline_lr_scale}]
+        groups = super().param_groups(lr, lr_p, lr_q)
+        groups[-1]["lr"] = lr * self.baseline_lr_scale       # "own": the baseline nets
+        return groups
 
     def local_signals(self, log_p: list, log_q: list) -> torch.Tensor:
         """l_i = sum_{j>=i} log p_j - sum_{j>=i} log q_j for each Q layer i: [L, N]."""

@@ -16,12 +16,13 @@ import torch
 
 from rws import sbn_gradients
 from rws.errors import UserError
-from rws.methods import Method
+from rws.methods import Method, sleep_phi_loss
 
 
 class WakeSleep(Method):
     name = "ws"
     default_K = 1
+    sleep_phase = True
 
     def __init__(self, model, K: int = 1, n_dreams: int | None = None):
         super().__init__(model, K)
@@ -33,10 +34,11 @@ class WakeSleep(Method):
     def loss(self, x, generator=None):
         hs, log_q = self.model.sample_q(x, 1, generator)
         log_p = torch.stack(self.model.log_p_layers(hs)).sum(0)                  # [B]
-        dreams = self.model.sample_p(self.n_dreams or x.shape[0], generator)
-        log_q_dream = torch.stack(self.model.log_q_layers(dreams)).sum(0)        # [n]
         train_ll = (log_p - torch.stack(log_q).sum(0)).detach().mean()          # K=1 bound
-        return -log_p.mean() - log_q_dream.mean(), {"train_ll": train_ll}
+        loss = -log_p.mean()
+        if not self.separate_sleep:
+            loss = loss + sleep_phi_loss(self.model, self.n_dreams or x.shape[0], generator).mean()
+        return loss, {"train_ll": train_ll}
 
     def backward(self, x, generator=None, scale=1.0):
         if not sbn_gradients.supported(self.model):
@@ -44,7 +46,8 @@ class WakeSleep(Method):
         props = sbn_gradients.propose(self.model, x, 1, generator)
         log_p, log_q = props.log_p, props.log_q                                   # [B, 1]
         sbn_gradients.add_wake_gradients(self.model, props, torch.ones_like(log_p), None, scale)
-        sbn_gradients.add_sleep_gradients(self.model, self.n_dreams or x.shape[0], generator,
-                                          scale)
+        if not self.separate_sleep:
+            sbn_gradients.add_sleep_gradients(self.model, self.n_dreams or x.shape[0],
+                                              generator, scale)
         log_w = log_p - log_q
         return (log_w < math.inf).all() & (log_p > -math.inf).all(), {"train_ll": log_w.mean()}

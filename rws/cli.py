@@ -56,8 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "5 for rws, vimco and iwae, 1 for ws, nvil and vae)")
     t.add_argument("--batch-size", type=_positive_int, default=100)
     t.add_argument("--epochs", type=_positive_int, default=10)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--optimizer", default="adam", help="adam (default) or sgd")
+    t.add_argument("--lr", type=float, default=1e-3,
+                   help="learning rate (default 1e-3); under --optimizer ema_momentum it "
+                        "multiplies the minibatch-summed gradient, as in the original code")
+    t.add_argument("--protocol", default="modern", choices=["modern", "ref"],
+                   help="modern (default: Adam, sleep-Q in every update, best parameters "
+                        "restored) or ref (the original RWS code: EMA momentum on summed "
+                        "gradients, sleep every 2 steps, early stopping after at least 10 "
+                        "epochs, last parameters tested, pixel permutation for DARN/NADE); "
+                        "the options below override single knobs")
+    t.add_argument("--optimizer", default=None,
+                   help="adam, sgd or ema_momentum (default: the protocol's)")
+    t.add_argument("--lr-p", type=float, default=None, help="wake-P learning rate (default --lr)")
+    t.add_argument("--lr-q", type=float, default=None, help="wake-Q learning rate (default --lr)")
+    t.add_argument("--lr-s", type=float, default=None,
+                   help="sleep-Q learning rate (default --lr; needs --sleep-interleave >= 1 "
+                        "when it differs from wake-Q's)")
+    t.add_argument("--lr-decay", type=float, default=1.0,
+                   help="learning rate / LR_DECAY^epoch, epochs from 0 (default 1: constant)")
+    t.add_argument("--sleep-interleave", type=int, default=None, metavar="SI",
+                   help="rws/ws: a sleep-Q update of its own every SI steps with SI x batch "
+                        "dreams (0: sleep-Q in every update; default: the protocol's, "
+                        "modern 0, ref 2)")
+    t.add_argument("--min-epochs", type=int, default=None,
+                   help="early stopping counts no failure up to this epoch (modern 0, ref 10)")
+    t.add_argument("--restore-best", default=None, action=argparse.BooleanOptionalAction,
+                   help="test the best-validated parameters (modern) or the last ones (ref)")
+    t.add_argument("--permute-pixels", type=int, default=None, metavar="SEED",
+                   help="a fixed pixel permutation of every split from SEED, -1 for none "
+                        "(default: the protocol's; ref: 23 for DARN/NADE models)")
     t.add_argument("--grad-precision", default="float32",
                    help="float32 (default) or bfloat16: weight gradients of SBN layers from "
                         "bfloat16 products, faster on CPUs and GPUs with bfloat16 units; "
@@ -67,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate every N epochs (default 1)")
     t.add_argument("--valid-k", type=_positive_int, default=100,
                    help="K of the validation log-likelihood (default 100)")
-    t.add_argument("--patience", type=_positive_int, default=10,
-                   help="stop after N validations without improvement (default 10)")
+    t.add_argument("--patience", type=_positive_int, default=None,
+                   help="stop after N validations without improvement (default 10, the "
+                        "original code's lookahead when validating every epoch)")
     t.add_argument("--test-k", type=_positive_int, default=100,
                    help="K of the final test log-likelihood (default 100)")
     t.add_argument("--max-bad-steps", type=_positive_int, default=20,
@@ -156,7 +184,11 @@ def cmd_train(args) -> None:
                       threads=args.threads, valid_every=args.valid_every,
                       valid_k=args.valid_k, patience=args.patience, test_k=args.test_k,
                       max_bad_steps=args.max_bad_steps, progress=not args.no_progress,
-                      grad_precision=args.grad_precision, method_options=options)
+                      grad_precision=args.grad_precision, method_options=options,
+                      protocol=args.protocol, lr_p=args.lr_p, lr_q=args.lr_q, lr_s=args.lr_s,
+                      lr_decay=args.lr_decay, sleep_interleave=args.sleep_interleave,
+                      min_epochs=args.min_epochs, restore_best=args.restore_best,
+                      permute_pixels=args.permute_pixels)
     record = train(cfg, args.out)
     print(f"record: {Path(args.out) / 'record.json'}")
     t = record["test"]
@@ -166,24 +198,30 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     import torch
 
-    from rws import data, results, zoo
-    from rws.train import evaluate, resolve_device
+    from rws import results, zoo
+    from rws.train import TrainConfig, evaluate, load_splits, resolve_device
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     state = results.load_checkpoint(args.checkpoint, map_location=device)
     cfg = state["config"]
-    x = data.get(cfg["data"])[args.split]
+    run_cfg = TrainConfig.from_dict(cfg).resolved()
+    x = load_splits(run_cfg)[args.split]            # with the run's pixel permutation
     model = zoo.build(cfg["model"], x.shape[1]).to(device)
     best = state.get("best") or {}
-    model.load_state_dict(best.get("model") or state["model"])   # the best validated epoch
+    # the parameters the run tests: the best validated epoch's, or (restore_best off,
+    # as in the original code) the last ones
+    use_best = run_cfg.restore_best and best.get("model") is not None
+    model.load_state_dict(best["model"] if use_best else state["model"])
+    epoch = best["epoch"] if use_best else state["epoch"]
     r = evaluate(model, x, args.K, args.seed, device, not args.no_progress, args.split, args.rows)
-    print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {best.get('epoch') or state['epoch']}): {r}"
+    print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {epoch}): {r}"
           f"  [{r.seconds:.1f} s]")
     if not args.no_save:
         path = Path(args.json_out or Path(args.checkpoint).parent / f"eval-{args.split}-K{args.K}.json")
         results.write_json(path, {
             **r.summary(), "split": args.split, "checkpoint": str(args.checkpoint),
+            "epoch": epoch,
             "config": cfg, "seed": args.seed, "environment": results.environment(device),
             "per_point": r.per_point.tolist(), "ess": r.ess.tolist()})
         print(f"eval record: {path}")

@@ -65,19 +65,52 @@ class Method(nn.Module):
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
         return torch.isfinite(loss.detach()) & torch.isfinite(grad_norm), stats
 
-    def param_groups(self, lr: float) -> list[dict]:
-        """Optimiser groups: the model, then the method's own parameters if any."""
+    def param_groups(self, lr: float, lr_p: float | None = None,
+                     lr_q: float | None = None) -> list[dict]:
+        """Optimiser groups, each named: "p" (the generative stack, at lr_p, default lr),
+        "q" (the inference stack, at lr_q, default lr), then "own" (the method's own
+        parameters, at lr) if any."""
         own = [p for n, p in self.named_parameters() if not n.startswith("model.")]
-        groups = [{"params": list(self.model.parameters()), "lr": lr}]
+        groups = [{"name": "p", "params": list(self.model.p_layers.parameters()),
+                   "lr": lr if lr_p is None else lr_p},
+                  {"name": "q", "params": list(self.model.q_layers.parameters()),
+                   "lr": lr if lr_q is None else lr_q}]
         if own:
-            groups.append({"params": own, "lr": lr})
+            groups.append({"name": "own", "params": own, "lr": lr})
         return groups
+
+    # -- the sleep phase ----------------------------------------------------------
+    # Methods that train Q on dreams (RWS with sleep-Q, wake-sleep) set ``sleep_phase``.
+    # By default their ``backward`` adds the sleep gradient to each update; the trainer
+    # sets ``separate_sleep`` to leave it to ``sleep_backward``, an update of its own
+    # (the original RWS code's sleep every ``si`` steps at its own learning rate).
+    sleep_phase = False
+    separate_sleep = False
+
+    def sleep_backward(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Add the gradient of -(1/n) sum log q(h | x) over n dreams (x, h) ~ p to Q's
+        ``.grad``; returns whether it is finite ([] bool)."""
+        from rws import sbn_gradients    # (imports this module)
+        if sbn_gradients.supported(self.model):
+            sbn_gradients.add_sleep_gradients(self.model, n, generator)
+            return torch.ones((), dtype=torch.bool)   # bounded (``rws.sbn_gradients``)
+        loss = sleep_phi_loss(self.model, n, generator).mean()
+        loss.backward()
+        grads = [p.grad for p in self.model.q_layers.parameters() if p.grad is not None]
+        return torch.isfinite(loss.detach()) & torch.isfinite(
+            torch.nn.utils.get_total_norm(grads))
 
     def own_state(self) -> dict:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
 
     def load_own_state(self, state: dict) -> None:
         self.load_state_dict({**self.model.state_dict(prefix="model."), **state})
+
+
+def sleep_phi_loss(model, n: int, generator=None) -> torch.Tensor:
+    """-log q(h | x) on n dreams (x, h) ~ p, sampled without gradient: -> [n]."""
+    hs = model.sample_p(n, generator)
+    return -torch.stack(model.log_q_layers(hs)).sum(0)
 
 
 def method_class(name: str) -> type:

@@ -30,7 +30,7 @@ import torch
 
 from rws import sbn_gradients
 from rws.errors import UserError
-from rws.methods import Method
+from rws.methods import Method, sleep_phi_loss
 
 
 def normalized_weights(log_w: torch.Tensor) -> torch.Tensor:
@@ -62,12 +62,6 @@ def wake_phi_loss(log_p: torch.Tensor, log_q: torch.Tensor,
     return _weighted(normalized_weights(log_p - log_q) if w is None else w, log_q)
 
 
-def sleep_phi_loss(model, n: int, generator=None) -> torch.Tensor:
-    """-log q(h | x) on n dreams (x, h) ~ p, sampled without gradient: -> [n]."""
-    hs = model.sample_p(n, generator)
-    return -torch.stack(model.log_q_layers(hs)).sum(0)
-
-
 def log_px_estimate(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """log p^_K(x) = logsumexp_k(log w_k) - log K: [B, K] -> [B], detached."""
     return (torch.logsumexp((log_p - log_q).detach(), dim=1) - math.log(log_p.shape[1]))
@@ -94,6 +88,7 @@ class RWS(Method):
             warnings.warn("wake-Q with K=1 has zero expected gradient (pure noise); "
                           "use K > 1 or --no-wake-q (classical wake-sleep)", stacklevel=2)
         self.wake_q, self.sleep_q, self.n_dreams = wake_q, sleep_q, n_dreams
+        self.sleep_phase = sleep_q
 
     def loss(self, x, generator=None):
         log_p, log_q = self.model.log_joint(x, self.K, generator)    # [B, K] each
@@ -101,7 +96,7 @@ class RWS(Method):
         loss = wake_theta_loss(log_p, log_q, w).mean()
         if self.wake_q:
             loss = loss + wake_phi_loss(log_p, log_q, w).mean()
-        if self.sleep_q:
+        if self.sleep_q and not self.separate_sleep:
             loss = loss + sleep_phi_loss(self.model, self.n_dreams or x.shape[0], generator).mean()
         return loss, {"train_ll": log_px_estimate(log_p, log_q).mean()}
 
@@ -114,7 +109,7 @@ class RWS(Method):
         log_p, log_q = props.log_p, props.log_q
         w = normalized_weights(log_p - log_q)
         sbn_gradients.add_wake_gradients(self.model, props, w, w if self.wake_q else None, scale)
-        if self.sleep_q:
+        if self.sleep_q and not self.separate_sleep:
             sbn_gradients.add_sleep_gradients(self.model, self.n_dreams or x.shape[0], generator,
                                               scale)
         # the loss is finite unless a weight is NaN or +inf (log w = -inf counts for

@@ -41,7 +41,7 @@ import traceback
 from pathlib import Path
 
 from rws import data as datasets
-from rws import methods, results, zoo
+from rws import methods, protocol, results, zoo
 from rws.errors import UserError
 from rws.train import RECORD, RESUMABLE_CHANGES, TrainConfig, Trainer
 
@@ -138,12 +138,12 @@ _NOT_IDENTITY = RESUMABLE_CHANGES
 
 def cell_id(cfg: TrainConfig) -> str:
     """A readable, unique directory name for a cell. Its digest covers the settings that
-    differ from TrainConfig's defaults, so an option added to the suite later (at a
+    differ from TrainConfig's defaults (the modern protocol's knobs resolved), so an option added to the suite later (at a
     default that reproduces what runs did before) leaves existing cells' ids, and hence
     their resumable directories, unchanged."""
-    defaults = TrainConfig()
+    defaults = {**dataclasses.asdict(TrainConfig()), **protocol.resolved_defaults()}
     d = {k: v for k, v in dataclasses.asdict(cfg).items()
-         if k not in _NOT_IDENTITY and v != getattr(defaults, k)}
+         if k not in _NOT_IDENTITY and v != defaults[k]}
     digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
     model = cfg.model.replace(":", "_").replace("/", "-").replace("[", "(").replace("]", ")")
     model = "".join(c if c.isalnum() or c in "-_()=," else "_" for c in model)

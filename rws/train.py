@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rws import allocator, bf16, estimate, methods, results, zoo
+from rws import allocator, bf16, estimate, methods, protocol, results, zoo
 from rws import data as datasets
 from rws.errors import UserError
+from rws.optim import OPTIMIZERS, SUMMED_GRADIENT
 
 CHECKPOINT = "checkpoint.pt"
 RECORD = "record.json"
@@ -42,49 +43,84 @@ class TrainConfig:
     batch_size: int = 100
     epochs: int = 10
     lr: float = 1e-3
-    optimizer: str = "adam"
+    optimizer: str | None = None   # None: the protocol's (adam; ref: ema_momentum)
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
     valid_every: int = 1
     valid_k: int = 100
-    patience: int = 10          # validations without improvement before stopping
+    patience: int | None = None    # validations without improvement before stopping (10)
     test_k: int = 100
     max_bad_steps: int = 20
     progress: bool = True
     grad_precision: str = "float32"  # or "bfloat16": weight gradients of SBN layers (rws.bf16)
     method_options: dict = field(default_factory=dict)  # e.g. {"wake_q": False}
+    # the protocol and its knobs (rws.protocol); None takes the protocol's value
+    protocol: str = "modern"       # or "ref": the original RWS code's training
+    lr_p: float | None = None      # wake-P learning rate (None: lr)
+    lr_q: float | None = None      # wake-Q learning rate (None: lr)
+    lr_s: float | None = None      # sleep-Q learning rate (None: lr; in every update: lr_q)
+    lr_decay: float = 1.0          # lr / lr_decay^e in epoch e (from 0)
+    sleep_interleave: int | None = None  # 0: sleep-Q in every update; si: own update every si steps
+    min_epochs: int | None = None  # no early-stopping failure counted up to this epoch
+    restore_best: bool | None = None   # test the best-validated parameters (else the last)
+    permute_pixels: int | None = None  # seed of a fixed pixel permutation; -1: none
 
     def check(self) -> None:
         if self.K is None:
             self.K = methods.method_class(self.method).default_K
+        if self.protocol not in protocol.PROTOCOLS:
+            raise UserError(f"unknown protocol '{self.protocol}'; choose one of: "
+                            f"{', '.join(protocol.PROTOCOLS)}")
+        protocol.resolve(self)
         for name in ("K", "batch_size", "epochs", "valid_every", "valid_k", "test_k",
                      "patience", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"learning rate must be a positive number, got {self.lr}")
+        for name in ("lr", "lr_p", "lr_q", "lr_s", "lr_decay"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise UserError(f"{name.replace('_', ' ')} must be a positive number, got {value}")
+        for name in ("sleep_interleave", "min_epochs"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.permute_pixels < -1:
+            raise UserError(f"permute_pixels is a seed >= 0, or -1 for none; got {self.permute_pixels}")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer '{self.optimizer}'; choose one of: "
                             f"{', '.join(OPTIMIZERS)}")
+        if self.sleep_interleave == 0 and self.lr_s is not None and self.lr_s != self.q_lr:
+            raise UserError("a sleep-Q learning rate other than wake-Q's needs sleep-Q as an "
+                            "update of its own: add --sleep-interleave 1 (or more)")
         if self.grad_precision not in bf16.PRECISIONS:
             raise UserError(f"unknown grad precision '{self.grad_precision}'; choose one of: "
                             f"{', '.join(bf16.PRECISIONS)}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"threads must be >= 1, got {self.threads}")
 
+    @property
+    def p_lr(self) -> float:
+        return self.lr if self.lr_p is None else self.lr_p
 
-def _adam(groups):
-    try:   # the fused kernel: one pass over the parameters (about 1 ms a step less here)
-        return torch.optim.Adam(groups, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(groups)
+    @property
+    def q_lr(self) -> float:
+        return self.lr if self.lr_q is None else self.lr_q
 
+    @property
+    def s_lr(self) -> float:
+        return self.lr if self.lr_s is None else self.lr_s
 
-OPTIMIZERS = {
-    "adam": _adam,
-    "sgd": lambda groups: torch.optim.SGD(groups),
-}
+    def resolved(self) -> "TrainConfig":
+        """A checked copy (the protocol's knobs filled in)."""
+        cfg = dataclasses.replace(self, method_options=dict(self.method_options))
+        cfg.check()
+        return cfg
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """From a record's or checkpoint's config (fields added since hold their defaults)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def micro_batch_size(model, K: int, batch_size: int) -> int:
@@ -112,6 +148,33 @@ def train_step(method, optimizer, x, generator, micro: int, grad_precision: str 
         return False, ll
     optimizer.step()
     return True, ll
+
+
+def sleep_step(method, optimizer, n: int, generator, lr: float) -> bool:
+    """One sleep-Q update of its own (``TrainConfig.sleep_interleave`` > 0): the gradient
+    of -log q on n dreams, applied to Q alone at learning rate ``lr`` (P's parameters get
+    no gradient, so the optimiser leaves them and their state alone). Returns whether it
+    was applied (its gradient finite)."""
+    optimizer.zero_grad(set_to_none=True)
+    if not bool(method.sleep_backward(n, generator)):
+        return False
+    q_group = next(g for g in optimizer.param_groups if g.get("name") == "q")
+    wake_lr, q_group["lr"] = q_group["lr"], lr
+    optimizer.step()
+    q_group["lr"] = wake_lr
+    return True
+
+
+def load_splits(cfg: "TrainConfig") -> dict[str, torch.Tensor]:
+    """The data of a run: its data set with the run's fixed pixel permutation applied
+    to every split (``permute_pixels`` >= 0, the original code's PermuteColumns; the
+    order in which autoregressive layers visit the pixels)."""
+    splits = datasets.get(cfg.data)
+    if cfg.permute_pixels is not None and cfg.permute_pixels >= 0:
+        dim = splits["train"].shape[1]
+        perm = torch.randperm(dim, generator=torch.Generator().manual_seed(cfg.permute_pixels))
+        splits = {k: v[:, perm] for k, v in splits.items()}
+    return splits
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,14 +215,20 @@ class Trainer:
             warnings.warn(f"{self.device} has no bfloat16 units: --grad-precision bfloat16 "
                           "is emulated here and slower than float32", stacklevel=2)
         results.ensure_writable_dir(self.out)
-        self.splits = datasets.get(cfg.data)
+        self.splits = load_splits(cfg)
         n_train, n_data = self.splits["train"].shape
         if cfg.batch_size > n_train:
             raise UserError(f"batch size {cfg.batch_size} is larger than the {n_train} "
                             f"training points of '{cfg.data}'; use --batch-size {n_train} or less")
         self.train_x = self.splits["train"].to(self.device)
         self.model, self.method = build_run(cfg, n_data, self.device)
-        self.optimizer = OPTIMIZERS[cfg.optimizer](self.method.param_groups(cfg.lr))
+        self.method.separate_sleep = self.method.sleep_phase and cfg.sleep_interleave > 0
+        self.optimizer = OPTIMIZERS[cfg.optimizer](
+            self.method.param_groups(cfg.lr, cfg.p_lr, cfg.q_lr))
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.n_dreams = (cfg.method_options.get("n_dreams")
+                         or cfg.sleep_interleave * cfg.batch_size)   # per sleep update
+        self.steps_done = 0            # updates applied (the sleep schedule counts them)
         self.sample_gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.epoch = 0                 # epochs completed
@@ -194,6 +263,7 @@ class Trainer:
             "status": self.status,
             "stopped_by": self.stopped_by,
             "total_skipped": self.total_skipped,
+            "steps_done": self.steps_done,
             "sample_gen": self.sample_gen.get_state(),
             "shuffle_gen": self.shuffle_gen.get_state(),
         }
@@ -203,10 +273,9 @@ class Trainer:
         if not path.exists():
             return
         state = results.load_checkpoint(path, map_location=self.device)
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                    if f.default is not dataclasses.MISSING}
         # a field added since the run began holds its default, which is what the run did
-        old, new = {**defaults, **state["config"]}, dataclasses.asdict(self.cfg)
+        old = dataclasses.asdict(TrainConfig.from_dict(state["config"]).resolved())
+        new = dataclasses.asdict(self.cfg)
         changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
@@ -214,11 +283,13 @@ class Trainer:
                             "use another --out, or the same options to resume it")
         self.model.load_state_dict(state["model"])
         self.method.load_own_state(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(_split_model_group(state["optimizer"],
+                                                          self.optimizer.state_dict()))
         self.epoch, self.history = state["epoch"], state["history"]
         self.best, self.fails = state["best"], state["fails"]
         self.status, self.total_skipped = state["status"], state["total_skipped"]
         self.stopped_by = state["stopped_by"]
+        self.steps_done = state.get("steps_done", 0)
         self.sample_gen.set_state(state["sample_gen"].cpu() if self.device.type == "cpu"
                                   else state["sample_gen"])
         self.shuffle_gen.set_state(state["shuffle_gen"].cpu())
@@ -241,16 +312,23 @@ class Trainer:
         perm = torch.randperm(N, generator=self.shuffle_gen).to(self.device)
         n_batches = math.ceil(N / cfg.batch_size)
         micro = micro_batch_size(self.model, cfg.K, cfg.batch_size)
+        self._set_learning_rates()
+        sleep_lr = self.sleep_lr()
         ll_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        steps = skipped = bad_run = 0
+        steps = skipped = bad_run = sleep_skipped = 0
         bar = tqdm(range(n_batches), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    disable=not cfg.progress, leave=False, unit="step")
         self.model.train()
         t0 = time.perf_counter()
         for i in bar:
             x = self.train_x[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]].float()
+            partial = x.shape[0] != cfg.batch_size and cfg.optimizer in SUMMED_GRADIENT
+            if partial:      # the last, smaller minibatch: lr times its own size
+                self._set_learning_rates(x.shape[0])
             stepped, ll = train_step(self.method, self.optimizer, x, self.sample_gen, micro,
                                      cfg.grad_precision)
+            if partial:
+                self._set_learning_rates()
             if not stepped:
                 skipped += 1
                 bad_run += 1
@@ -261,12 +339,36 @@ class Trainer:
             bad_run = 0
             ll_sum += ll
             steps += 1
+            self.steps_done += 1
+            if self.method.separate_sleep and self.steps_done % cfg.sleep_interleave == 0:
+                if not sleep_step(self.method, self.optimizer, self.n_dreams,
+                                  self.sample_gen, sleep_lr):
+                    sleep_skipped += 1
             if i % 25 == 0 and cfg.progress:
                 bar.set_postfix(train_ll=f"{float(ll_sum) / max(steps, 1):.2f}")
         seconds = time.perf_counter() - t0
         bar.close()
-        return {"epoch": self.epoch + 1, "train_ll": float(ll_sum) / max(steps, 1),
-                "seconds": seconds, "steps": steps, "skipped_steps": skipped}
+        metrics = {"epoch": self.epoch + 1, "train_ll": float(ll_sum) / max(steps, 1),
+                   "seconds": seconds, "steps": steps, "skipped_steps": skipped + sleep_skipped,
+                   "lr": self.optimizer.param_groups[0]["lr"] / self._sum_factor(cfg.batch_size)}
+        return metrics
+
+    # -- learning rates ------------------------------------------------------------
+    def _sum_factor(self, n: int) -> float:
+        """The optimiser's lr multiplies a summed gradient (``rws.optim``): the loop's
+        mean gradient over n points takes lr n."""
+        return float(n) if self.cfg.optimizer in SUMMED_GRADIENT else 1.0
+
+    def _decay(self) -> float:
+        return self.cfg.lr_decay ** -self.epoch       # lr / lr_decay^e, epochs from 0
+
+    def _set_learning_rates(self, batch: int | None = None) -> None:
+        f = self._decay() * self._sum_factor(batch or self.cfg.batch_size)
+        for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = lr * f
+
+    def sleep_lr(self) -> float:
+        return self.cfg.s_lr * self._decay() * self._sum_factor(self.n_dreams)
 
     # -- the run -----------------------------------------------------------------
     def run(self, log=print) -> dict:
@@ -302,6 +404,8 @@ class Trainer:
                                  "model": copy.deepcopy(self.model.state_dict()),
                                  "method": copy.deepcopy(self.method.own_state())}
                     self.fails = 0
+                elif self.epoch <= cfg.min_epochs:
+                    self.fails = 0             # no failure counted before min_epochs
                 else:
                     self.fails += 1
                     if self.fails >= cfg.patience:
@@ -312,9 +416,11 @@ class Trainer:
         return self.finish(log)
 
     def best_model(self):
-        """The parameters of the best validation epoch (the last ones if never validated).
-        The checkpoint keeps the last parameters too, so a run can be continued."""
-        if self.best["model"] is None:
+        """The parameters that the run's test evaluates: those of the best validation
+        epoch (the last ones if never validated, or with ``restore_best`` off, as in the
+        original code). The checkpoint keeps the last parameters too, so a run can be
+        continued."""
+        if self.best["model"] is None or not self.cfg.restore_best:
             return self.model
         model = copy.deepcopy(self.model)
         model.load_state_dict(self.best["model"])
@@ -328,11 +434,26 @@ class Trainer:
         self.stopped_by = self.stopped_by or "max_epochs"
         secs = [h["seconds"] for h in self.history]
         record = self._save({"stopped_by": self.stopped_by,
+                             "tested_epoch": self.best["epoch"] if self.cfg.restore_best
+                             and self.best["model"] is not None else self.epoch,
                              "test": test.summary(),
                              "seconds_per_epoch": sum(secs) / len(secs) if secs else None})
         log(f"test {test}  [best epoch {self.best['epoch']}, "
             f"{record['seconds_per_epoch'] or 0:.2f} s/epoch]")
         return record
+
+
+def _split_model_group(saved: dict, current: dict) -> dict:
+    """An optimiser state saved before the model's parameters were split into the "p" and
+    "q" groups (one "model" group) made to fit the current groups: the parameters keep
+    their order, so their per-parameter state carries over."""
+    if len(saved["param_groups"]) != len(current["param_groups"]) - 1:
+        return saved
+    first, *rest = saved["param_groups"]
+    n_p = len(current["param_groups"][0]["params"])
+    p_group = {**first, "params": first["params"][:n_p], "name": "p"}
+    q_group = {**first, "params": first["params"][n_p:], "name": "q"}
+    return {"state": saved["state"], "param_groups": [p_group, q_group, *rest]}
 
 
 def format_epoch(m: dict) -> str:

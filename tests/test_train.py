@@ -170,7 +170,7 @@ def test_micro_batches_give_the_full_batch_gradient():
     the work in cache) yields the same gradient. One latent layer and wake-only RWS draw
     the same random numbers in the same order either way."""
     from rws import methods, zoo
-    from rws.train import _adam, train_step
+    from rws.train import OPTIMIZERS, train_step
     torch.manual_seed(0)
     grads = []
     for micro in (12, 5):
@@ -179,7 +179,7 @@ def test_micro_batches_give_the_full_batch_gradient():
         for p in model.parameters():
             torch.nn.init.normal_(p, 0, 0.5)
         method = methods.build("rws", model, 3, sleep_q=False)
-        opt = _adam(method.param_groups(1e-3))
+        opt = OPTIMIZERS["adam"](method.param_groups(1e-3))
         x = torch.bernoulli(torch.full((12, 10), 0.4), generator=torch.Generator().manual_seed(1))
         train_step(method, opt, x, torch.Generator().manual_seed(2), micro)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))

@@ -1,0 +1,192 @@
+"""The training protocols (rws.protocol): the original code's EMA momentum against a
+hand-computed sequence of steps, and every knob reaching the update it claims to change."""
+import json
+
+import pytest
+import torch
+
+from rws import protocol
+from rws.errors import UserError
+from rws.methods import sleep_phi_loss
+from rws.optim import EMAMomentum
+from rws.train import TrainConfig, Trainer, _split_model_group, load_splits
+from tests.conftest import tiny_model
+
+
+def cfg(**kw):
+    base = dict(data="dna", model="sbn:6", method="rws", K=3, batch_size=100, epochs=1,
+                lr=1e-3, valid_k=2, test_k=2, progress=False, threads=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_ema_momentum_follows_the_original_recursion_by_hand():
+    # d <- 0.95 d + 0.05 lr g; theta <- theta - d, from d = 0, lr = 0.1, g = 2, -1, 4:
+    # d = 0.01, 0.0045, 0.024275 -> theta = 0.99, 0.9855, 0.961225
+    theta = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = EMAMomentum([theta], lr=0.1)
+    for g, want in zip((2.0, -1.0, 4.0), (0.99, 0.9855, 0.961225)):
+        theta.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+        assert theta.item() == pytest.approx(want, abs=1e-15)
+
+
+def test_ema_momentum_leaves_parameters_without_gradient_and_their_buffer_alone():
+    a, b = (torch.nn.Parameter(torch.ones(2)) for _ in range(2))
+    opt = EMAMomentum([a, b], lr=1.0)
+    a.grad, b.grad = torch.ones(2), torch.ones(2)
+    opt.step()
+    a.grad, b.grad = None, torch.ones(2)
+    opt.step()
+    assert torch.allclose(a, torch.full((2,), 0.95))                 # one step of 0.05
+    assert torch.allclose(opt.state[a]["delta"], torch.full((2,), 0.05))
+    assert torch.allclose(b, torch.full((2,), 1 - 0.05 - 0.0975))
+
+
+def test_ref_protocol_resolves_every_knob_and_explicit_settings_win():
+    c = cfg(protocol="ref").resolved()
+    assert (c.optimizer, c.sleep_interleave, c.min_epochs, c.patience, c.restore_best,
+            c.permute_pixels) == ("ema_momentum", 2, 10, 10, False, -1)
+    assert cfg(protocol="ref", model="nade[hidden=5]:4").resolved().permute_pixels == 23
+    assert cfg(protocol="ref", model="sbn/darn:4").resolved().permute_pixels == 23
+    m = cfg(protocol="ref", optimizer="adam", sleep_interleave=0, restore_best=True).resolved()
+    assert (m.optimizer, m.sleep_interleave, m.restore_best) == ("adam", 0, True)
+    d = cfg().resolved()
+    assert (d.optimizer, d.sleep_interleave, d.restore_best, d.permute_pixels) == \
+        ("adam", 0, True, -1)
+    with pytest.raises(UserError, match="unknown protocol"):
+        cfg(protocol="old").check()
+    with pytest.raises(UserError, match="--sleep-interleave"):
+        cfg(lr_s=1e-4).check()
+
+
+class StepSpy:
+    """Records, for each optimiser step, each group's lr and whether it had gradients."""
+
+    def __init__(self, trainer):
+        self.steps, opt = [], trainer.optimizer
+        inner = opt.step
+
+        def step(*a, **kw):
+            self.steps.append({g["name"]: (g["lr"], any(p.grad is not None for p in g["params"]))
+                               for g in opt.param_groups})
+            return inner(*a, **kw)
+        opt.step = step
+
+
+def test_learning_rates_sleep_schedule_and_summed_gradients_reach_the_updates(tmp_path):
+    # dna: 1400 points, batch 100 -> 14 wake steps an epoch; si = 3 -> sleep updates
+    # after global steps 3, 6, 9, 12 (then 15, ..., 27 in epoch 2), each with 300
+    # dreams; the ema_momentum lr multiplies sums
+    t = Trainer(cfg(optimizer="ema_momentum", lr_p=2e-3, lr_q=3e-3, lr_s=5e-3,
+                    sleep_interleave=3, epochs=2, lr_decay=2.0), tmp_path)
+    spy = StepSpy(t)
+    t.run(lambda *_: None)
+    epoch1, epoch2 = spy.steps[:18], spy.steps[18:]
+    assert (len(epoch1), len(epoch2)) == (14 + 4, 14 + 5)
+    wake = [s for s in epoch1 if s["p"][1]]
+    sleep = [s for s in epoch1 if not s["p"][1]]
+    assert [i for i, s in enumerate(epoch1) if not s["p"][1]] == [3, 7, 11, 15]
+    for s in wake:
+        assert s["p"] == (pytest.approx(2e-3 * 100), True)
+        assert s["q"] == (pytest.approx(3e-3 * 100), True)
+    for s in sleep:                          # Q alone, at lr_s x dreams
+        assert s["q"] == (pytest.approx(5e-3 * 300), True)
+    for s in epoch2:                         # lr / 2^1 in the second epoch
+        if s["p"][1]:
+            assert s["p"][0] == pytest.approx(2e-3 * 100 / 2)
+        else:
+            assert s["q"][0] == pytest.approx(5e-3 * 300 / 2)
+    assert t.n_dreams == 300 and t.steps_done == 28
+
+
+def test_modern_protocol_adds_sleep_to_every_update_with_adam_lrs(tmp_path):
+    t = Trainer(cfg(lr_q=3e-3), tmp_path)
+    spy = StepSpy(t)
+    t.run(lambda *_: None)
+    assert len(spy.steps) == 14 and all(s["p"][1] and s["q"][1] for s in spy.steps)
+    assert spy.steps[0]["p"][0] == 1e-3 and spy.steps[0]["q"][0] == 3e-3
+    assert not t.method.separate_sleep
+
+
+@pytest.mark.parametrize("spec", ["sbn:3-2", "darn:3"])   # closed form, autograd
+def test_sleep_backward_is_the_gradient_of_the_sleep_loss(spec):
+    from rws.rws import RWS
+    model = tiny_model(spec)
+    method = RWS(model, K=2)
+    method.sleep_backward(50, torch.Generator().manual_seed(3))
+    got = [p.grad.clone() for p in model.q_layers.parameters()]
+    assert all(p.grad is None for p in model.p_layers.parameters())
+    model.zero_grad(set_to_none=True)
+    sleep_phi_loss(model, 50, torch.Generator().manual_seed(3)).mean().backward()
+    for g, p in zip(got, model.q_layers.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-6)
+
+
+def test_a_separate_sleep_update_leaves_the_wake_gradient_without_sleep():
+    from rws.rws import RWS
+    model = tiny_model("sbn:3-2")
+    x = (torch.rand(4, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    both, wake_only = RWS(model, K=2), RWS(model, K=2)
+    wake_only.separate_sleep = True
+    loss_both, _ = both.loss(x, torch.Generator().manual_seed(1))
+    loss_wake, _ = wake_only.loss(x, torch.Generator().manual_seed(1))
+    sleep = sleep_phi_loss(model, 4, torch.Generator().manual_seed(9)).mean()
+    assert loss_both != loss_wake and loss_wake.isfinite() and sleep.isfinite()
+
+
+def _flat_valid_run(tmp_path, **kw):
+    """SGD at a learning rate too small to change a float32 parameter: the validation
+    log-likelihood repeats exactly, so every validation after the first fails."""
+    return Trainer(cfg(optimizer="sgd", lr=1e-30, patience=1, epochs=8, **kw),
+                   tmp_path).run(lambda *_: None)
+
+
+def test_min_epochs_holds_off_early_stopping(tmp_path):
+    assert _flat_valid_run(tmp_path / "a")["epochs_done"] == 2
+    rec = _flat_valid_run(tmp_path / "b", min_epochs=4)
+    assert rec["epochs_done"] == 5 and rec["stopped_by"] == "early_stopping"
+
+
+def test_restore_best_off_tests_the_last_parameters(tmp_path):
+    rec = Trainer(cfg(epochs=3, lr=3e-2, restore_best=False), tmp_path).run(lambda *_: None)
+    assert rec["tested_epoch"] == 3
+    rec = Trainer(cfg(epochs=3, lr=3e-2), tmp_path / "b").run(lambda *_: None)
+    assert rec["tested_epoch"] == rec["best_epoch"]
+
+
+def test_pixel_permutation_is_fixed_and_applied_to_every_split():
+    plain = load_splits(cfg().resolved())
+    perm = load_splits(cfg(permute_pixels=23).resolved())
+    again = load_splits(cfg(permute_pixels=23).resolved())
+    for split in ("train", "valid", "test"):
+        assert torch.equal(perm[split], again[split])
+        assert not torch.equal(perm[split], plain[split])
+        # the same column permutation: each column of the permuted split is a column
+        assert torch.equal(perm[split].sum(0).sort().values, plain[split].sum(0).sort().values)
+    cols = {tuple(plain["train"][:, j].tolist()): j for j in range(plain["train"].shape[1])}
+    mapping = [cols[tuple(perm["train"][:, j].tolist())] for j in range(5)]
+    for split in ("valid", "test"):
+        assert torch.equal(perm[split][:, :5], plain[split][:, mapping])
+
+
+def test_a_checkpoint_from_before_the_p_q_groups_resumes(tmp_path):
+    t = Trainer(cfg(epochs=1), tmp_path)
+    t.run(lambda *_: None)
+    state = t.optimizer.state_dict()
+    old = {"state": state["state"],
+           "param_groups": [{**state["param_groups"][0], "name": "model",
+                             "params": state["param_groups"][0]["params"]
+                             + state["param_groups"][1]["params"]}]}
+    fitted = _split_model_group(old, state)
+    assert [g["params"] for g in fitted["param_groups"]] == \
+        [g["params"] for g in state["param_groups"]]
+    t.optimizer.load_state_dict(fitted)
+
+
+def test_protocol_and_knobs_are_recorded(tmp_path):
+    Trainer(cfg(protocol="ref", epochs=1), tmp_path).run(lambda *_: None)
+    rec = json.loads((tmp_path / "record.json").read_text())
+    for key, value in protocol.PROTOCOLS["ref"].items():
+        assert key in rec["config"]
+    assert rec["config"]["protocol"] == "ref" and rec["config"]["optimizer"] == "ema_momentum"
+    assert "lr" in rec["epochs"][0]
