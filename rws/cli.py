@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "result records")
     r.add_argument("paths", nargs="+", help="directories (searched recursively) or record files")
     r.add_argument("--out", default="results/report", help="output directory")
+    r.add_argument("--published", default=None,
+                   help="published numbers to print beside ours (default: "
+                        "results/published.toml where it exists; 'none' for no such table)")
     r.add_argument("--debug", action="store_true")
 
     d = sub.add_parser("datasets", help="list the registered data sets")
@@ -255,9 +258,16 @@ def cmd_bench(args) -> None:
 
 def cmd_report(args) -> None:
     from rws.report import report
-    summary = report(args.paths, args.out)
+    published = args.published
+    if published is None:
+        published = "results/published.toml" if Path("results/published.toml").exists() else None
+    elif published == "none":
+        published = None
+    summary = report(args.paths, args.out, published)
     print(f"{summary['runs']} runs, {summary['evals']} eval records -> {summary['out']}/tables, "
-          f"{summary['out']}/figures ({', '.join(summary['figures'])})")
+          f"{summary['out']}/figures ({', '.join(summary['figures'])})"
+          + (f"; {summary['published']} published numbers beside ours ({published})"
+             if published else ""))
 
 
 def cmd_datasets(args) -> None:

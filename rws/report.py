@@ -7,12 +7,16 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
                                      best run of each; its largest-K test evaluation)
     tables/runs.{md,csv}             one row per run: K, epochs, test LL +- SE, s/epoch
     tables/seconds_per_epoch.{md,csv}
+    tables/published.{md,csv}        ours beside each published number of a
+                                     ``published.toml`` (source, status, difference),
+                                     and the sources whose tables nobody could read
     figures/ll_vs_train_k.{png,svg}  test LL against training K, one line per model/method
     figures/ll_vs_eval_k.{png,svg}   LL against evaluation K (from eval records)
     figures/ll_vs_epoch.{png,svg}    validation LL against epoch and against wall-clock
     figures/seconds_per_epoch.{png,svg}
 
-Every number comes from a record; nothing is typed in by hand.
+Every number comes from a record, or (published values) from ``published.toml`` with
+its source; nothing is typed in by hand.
 """
 from __future__ import annotations
 
@@ -48,7 +52,11 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                    "method": _label(cfg["method"], cfg.get("method_options", {}))
                    + (" [bf16 grads]" if cfg.get("grad_precision") == "bfloat16" else ""),
                    "K": cfg["K"], "seed": cfg["seed"], "batch_size": cfg["batch_size"],
-                   "lr": cfg["lr"], "epochs": rec["epochs_done"],
+                   "lr": cfg["lr"], "protocol": cfg.get("protocol", "modern"),
+                   "epochs": rec["epochs_done"], "stopped_by": rec.get("stopped_by"),
+                   "train_hours": sum(e["seconds"] for e in rec["epochs"]) / 3600,
+                   "valid_hours": sum(e.get("valid_seconds", 0) for e in rec["epochs"]) / 3600,
+                   "test_seconds": rec["test"].get("seconds"),
                    "best_epoch": rec["best_epoch"], "test_ll": rec["test"]["ll"],
                    "test_se": rec["test"]["se"], "test_k": rec["test"]["K"],
                    "seconds_per_epoch": rec["seconds_per_epoch"],
@@ -63,10 +71,11 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                                "train_ll": e["train_ll"], "valid_ll": e.get("valid_ll")})
         elif f.name.startswith("eval-") and "K" in rec and "ll" in rec:
             cfg = rec.get("config", {})
-            evals.append({"run": str(f.parent), "model": cfg.get("model"),
+            evals.append({"run": str(f.parent), "data": cfg.get("data"),
+                          "model": cfg.get("model"),
                           "method": _label(cfg.get("method", "?"), cfg.get("method_options", {})),
                           "train_K": cfg.get("K"), "eval_K": rec["K"], "split": rec.get("split"),
-                          "ll": rec["ll"], "se": rec["se"]})
+                          "ll": rec["ll"], "se": rec["se"], "seconds": rec.get("seconds")})
     if not runs and not evals:
         raise UserError(f"no finished run records (record.json) or eval records below "
                         f"{', '.join(map(str, paths))}")
@@ -85,20 +94,22 @@ def with_largest_eval(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     if runs.empty or evals.empty:
         return runs
     test = evals[evals.split == "test"].sort_values("eval_K").groupby("run").tail(1)
-    merged = runs.merge(test[["run", "eval_K", "ll", "se"]], on="run", how="left")
+    merged = runs.merge(test[["run", "eval_K", "ll", "se", "seconds"]], on="run", how="left")
     better = merged.eval_K.notna() & (merged.eval_K > merged.test_k)
     merged.loc[better, "test_ll"] = merged.loc[better, "ll"]
     merged.loc[better, "test_se"] = merged.loc[better, "se"]
     merged.loc[better, "test_k"] = merged.loc[better, "eval_K"].astype(int)
-    return merged.drop(columns=["eval_K", "ll", "se"])
+    merged.loc[better, "test_seconds"] = merged.loc[better, "seconds"]
+    return merged.drop(columns=["eval_K", "ll", "se", "seconds"])
 
 
 def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
     if runs.empty:
         return
     runs = with_largest_eval(runs, evals)
-    cols = ["data", "model", "method", "K", "epochs", "test_ll", "test_se", "test_k",
-            "seconds_per_epoch", "parameters", "seed"]
+    cols = ["data", "model", "method", "K", "protocol", "batch_size", "epochs", "stopped_by",
+            "test_ll", "test_se", "test_k", "seconds_per_epoch", "train_hours",
+            "valid_hours", "test_seconds", "parameters", "seed"]
     _write_table(runs[cols].sort_values(["data", "model", "method", "K"]), out, "runs")
     cell = runs.assign(value=runs.test_ll.map("{:.2f}".format) + " ± "
                        + runs.test_se.map("{:.2f}".format) + " (K=" + runs.K.astype(str)
@@ -112,6 +123,63 @@ def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
     _write_table(speed, out, "seconds_per_epoch")
     if not evals.empty:
         _write_table(evals.sort_values(["run", "eval_K"]), out, "ll_vs_eval_k")
+
+
+def load_published(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
+    """(entries, not_found) of a published-numbers file (``results/published.toml``)."""
+    import tomllib
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"published-numbers file {path} does not exist; give another with "
+                        "--published, or --published none") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"published-numbers file {path} cannot be parsed ({e})") from None
+    need = {"data", "model", "method", "K", "test_ll", "eval_k", "status", "source", "table"}
+    for i, entry in enumerate(data.get("entry", [])):
+        missing = sorted(need - set(entry))
+        if missing:
+            raise UserError(f"{path}: entry {i + 1} lacks {', '.join(missing)}; every "
+                            "published number needs its source, table, status and protocol")
+    return pd.DataFrame(data.get("entry", [])), data.get("not_found", [])
+
+
+def published_table(runs: pd.DataFrame, evals: pd.DataFrame, path: str | Path,
+                    out: Path) -> int:
+    """Ours beside each published number: the best run of the same data, model, method
+    and training K (scored by its largest-K test evaluation), the published value, our
+    value minus it, and where the published value was read. Returns the rows written."""
+    entries, not_found = load_published(path)
+    ours = with_largest_eval(runs, evals) if not runs.empty else runs
+    rows = []
+    for e in entries.to_dict("records"):
+        match = (ours[(ours.data == e["data"]) & (ours.model == e["model"])
+                      & (ours.method == e["method"]) & (ours.K == e["K"])]
+                 if not ours.empty else ours)
+        row = {"data": e["data"], "model": e["model"], "method": e["method"], "K": e["K"]}
+        if len(match):
+            best = match.sort_values("test_ll").iloc[-1]
+            row.update(ours=f"{best.test_ll:.2f} ± {best.test_se:.2f}",
+                       ours_eval_k=int(best.test_k), epochs=int(best.epochs),
+                       train_hours=round(float(best.train_hours), 2),
+                       difference=round(float(best.test_ll) - e["test_ll"], 2))
+        else:
+            row.update(ours="not run", ours_eval_k=None, epochs=None, train_hours=None,
+                       difference=None)
+        row.update(published=e["test_ll"], published_eval_k=e["eval_k"], status=e["status"],
+                   source=f"{e['source']}: {e['table']}"
+                   + (f" (via {e['via']})" if e.get("via") else ""))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "published.csv", index=False)
+    lines = [df.to_markdown(index=False, floatfmt=".2f") if len(df) else "(no entries)", "",
+             "Published values that could not be read (cells left empty, nothing quoted "
+             "from memory):", ""]
+    lines += [f"- {n['source']}: {n['what']}" for n in not_found]
+    (out / "published.md").write_text("\n".join(lines) + "\n")
+    return len(df)
 
 
 def figures(runs: pd.DataFrame, epochs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> list[str]:
@@ -171,9 +239,13 @@ def figures(runs: pd.DataFrame, epochs: pd.DataFrame, evals: pd.DataFrame, out: 
     return written
 
 
-def report(paths, out: str | Path) -> dict:
+def report(paths, out: str | Path, published: str | Path | None = None) -> dict:
+    """Tables and figures of every record below ``paths``; with ``published`` (a
+    ``published.toml``), ours beside the published numbers."""
     runs, epochs, evals = load_records(paths)
     out = Path(out)
     tables(runs, evals, out / "tables")
+    n_published = published_table(runs, evals, published, out / "tables") if published else 0
     written = figures(runs, epochs, evals, out / "figures")
-    return {"runs": len(runs), "evals": len(evals), "figures": written, "out": str(out)}
+    return {"runs": len(runs), "evals": len(evals), "figures": written, "out": str(out),
+            "published": n_published}

@@ -144,3 +144,47 @@ def test_a_worker_that_dies_fails_its_cell_not_the_sweep(tmp_path, monkeypatch):
     summaries = sweep.run(cfg, tmp_path, workers=1, scheduler="local", log=lambda *_: None)
     status = {s["cell"]: s["status"] for s in summaries}
     assert status[doomed] == "failed" and (tmp_path / doomed / "error.json").exists()
+
+
+def test_published_numbers_print_beside_ours_with_their_source(tmp_path):
+    runs = tmp_path / "runs"
+    fixture_record(runs / "rws5", "sbn:200", "rws", 5, -95.0)
+    pub = tmp_path / "published.toml"
+    pub.write_text('''
+[[entry]]
+data = "dna"
+model = "sbn:200"
+method = "rws (wake+sleep)"
+K = 5
+test_ll = -96.5
+eval_k = 5000
+status = "read"
+source = "A paper"
+table = "Table 2, row SBN"
+
+[[entry]]
+data = "dna"
+model = "nade:200"
+method = "rws (wake+sleep)"
+K = 5
+test_ll = -90.0
+eval_k = 1000
+status = "secondary"
+source = "Another paper"
+table = "Table 1"
+via = "someone's README"
+
+[[not_found]]
+source = "The RWS paper"
+what = "the UCI table"
+''')
+    summary = report.report([runs], tmp_path / "out", pub)
+    assert summary["published"] == 2
+    md = (tmp_path / "out" / "tables" / "published.md").read_text()
+    # ours from the largest-K evaluation (-95.0 at K=1000), the difference to -96.5
+    assert "-95.00 ± 0.30" in md and "1.50" in md and "Table 2, row SBN" in md
+    assert "not run" in md and "via someone's README" in md
+    assert "The RWS paper: the UCI table" in md
+    pub.write_text('[[entry]]\ndata = "dna"\ntest_ll = -1.0\n')
+    with pytest.raises(UserError, match="entry 1 lacks"):
+        report.report([runs], tmp_path / "out", pub)
