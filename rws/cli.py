@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-save", action="store_true", help="print only, write no eval record")
     _add_common(e)
 
+    x = sub.add_parser("export", help="the parameters a run tests (model state only, a few "
+                       "MB), loadable by `rws eval` without the training state")
+    x.add_argument("checkpoint", help="a checkpoint.pt written by `rws train`")
+    x.add_argument("--out", required=True, help="where to write the model file (.pt)")
+    x.add_argument("--debug", action="store_true")
+
     w = sub.add_parser("sweep", help="run a grid of training runs from a TOML/YAML config; "
                        "run again to complete what is missing")
     w.add_argument("config", help="sweep config (see configs/*.toml)")
@@ -208,15 +214,10 @@ def cmd_eval(args) -> None:
     device = resolve_device(args.device)
     state = results.load_checkpoint(args.checkpoint, map_location=device)
     cfg = state["config"]
-    run_cfg = TrainConfig.from_dict(cfg).resolved()
-    x = load_splits(run_cfg)[args.split]            # with the run's pixel permutation
+    x = load_splits(TrainConfig.from_dict(cfg).resolved())[args.split]   # pixel permutation
     model = zoo.build(cfg["model"], x.shape[1]).to(device)
-    best = state.get("best") or {}
-    # the parameters the run tests: the best validated epoch's, or (restore_best off,
-    # as in the original code) the last ones
-    use_best = run_cfg.restore_best and best.get("model") is not None
-    model.load_state_dict(best["model"] if use_best else state["model"])
-    epoch = best["epoch"] if use_best else state["epoch"]
+    params, epoch = tested_parameters(state)
+    model.load_state_dict(params)
     r = evaluate(model, x, args.K, args.seed, device, not args.no_progress, args.split, args.rows)
     print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {epoch}): {r}"
           f"  [{r.seconds:.1f} s]")
@@ -228,6 +229,29 @@ def cmd_eval(args) -> None:
             "config": cfg, "seed": args.seed, "environment": results.environment(device),
             "per_point": r.per_point.tolist(), "ess": r.ess.tolist()})
         print(f"eval record: {path}")
+
+
+def tested_parameters(state: dict) -> tuple[dict, int]:
+    """(model state, epoch) that a run tests: its best-validated epoch's, or (with
+    restore_best off, as in the original code) its last ones. An exported model file
+    holds only these."""
+    from rws.train import TrainConfig
+    if "best" not in state:                       # an exported model file
+        return state["model"], state["epoch"]
+    best = state["best"] or {}
+    if TrainConfig.from_dict(state["config"]).resolved().restore_best and best.get("model"):
+        return best["model"], best["epoch"]
+    return state["model"], state["epoch"]
+
+
+def cmd_export(args) -> None:
+    from rws import results
+    state = results.load_checkpoint(args.checkpoint)
+    params, epoch = tested_parameters(state)
+    results.save_checkpoint(Path(args.out), {"config": state["config"], "model": params,
+                                             "epoch": epoch})
+    print(f"{args.out}: {state['config']['model']} ({state['config']['method']}), "
+          f"parameters of epoch {epoch}, {Path(args.out).stat().st_size / 1e6:.1f} MB")
 
 
 def cmd_sweep(args) -> None:
@@ -278,7 +302,8 @@ def cmd_datasets(args) -> None:
         print(f"{info.name:28s} {info.dim:5d} {tr:7d} {va:7d} {te:7d}  {info.source}")
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "bench": cmd_bench,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "sweep": cmd_sweep,
+            "bench": cmd_bench,
             "report": cmd_report,
             "datasets": cmd_datasets}
 

@@ -42,6 +42,29 @@ def test_eval_prints_log_likelihood_with_standard_error(run_dir, tmp_path):
     assert result["K"] == 50 and len(result["per_point"]) == 1186   # every dna test point
 
 
+def test_an_exported_model_evaluates_as_its_run_does(run_dir, tmp_path):
+    rws("export", run_dir / "checkpoint.pt", "--out", tmp_path / "m.pt", check=0)
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert set(state) == {"config", "model", "epoch"}          # no optimiser, no history
+    outs = []
+    for name, path in (("run", run_dir / "checkpoint.pt"), ("model", tmp_path / "m.pt")):
+        rws("eval", path, "-K", "20", "--no-progress", "--json", tmp_path / f"{name}.json",
+            check=0)
+        outs.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    assert outs[0]["ll"] == outs[1]["ll"] and outs[0]["epoch"] == outs[1]["epoch"]
+
+
+def test_protocol_ref_trains_and_records_its_knobs(tmp_path):
+    rws("train", *TINY, "--protocol", "ref", "--lr-s", "2e-3", "--out", tmp_path, check=0)
+    cfg = json.loads((tmp_path / "record.json").read_text())["config"]
+    assert (cfg["protocol"], cfg["optimizer"], cfg["sleep_interleave"], cfg["lr_s"]) == \
+        ("ref", "ema_momentum", 2, 2e-3)
+
+
+def test_a_sleep_rate_of_its_own_needs_its_own_update(tmp_path):
+    bad(["train", *TINY, "--lr-s", "1e-4", "--out", tmp_path], "--sleep-interleave")
+
+
 def test_datasets_lists_every_set():
     out = rws("datasets", check=0).stdout
     assert "binarized_mnist" in out and "784" in out and "rcv1" in out
