@@ -189,6 +189,10 @@ def load_file(path: str | Path) -> dict[str, torch.Tensor]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"data file {path} cannot be read ({e}); it may be truncated or not "
                         "an .npz file") from None
+    for s, name in (("train", "training"), ("valid", "validation"), ("test", "test")):
+        if arrays[s].ndim >= 1 and arrays[s].shape[0] == 0:
+            raise UserError(f"data file {path}: the {name} split is empty; give it at least "
+                            "one data point")
     dim = arrays["train"].shape[-1] if arrays["train"].ndim == 2 else None
     for s in SPLITS:
         check_binary(arrays[s], f"{path.name}/{s}", dim)

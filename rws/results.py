@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -91,6 +92,46 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise UserError(f"checkpoint {path} is not an rws-bench checkpoint (no config/model)")
     return state
+
+
+LOCK = ".lock"            # held (flock) by the process training into a run directory
+OWNER = ".lock-owner"     # which process that is, for the message of the next one
+
+
+def lock_run_dir(path: Path):
+    """Hold the run directory ``path`` for this process: a second process that tries gets
+    one line naming the holder. The lock is the operating system's (``filelock``, an
+    flock), so it goes with its process: a run killed by a signal or a power cut leaves
+    nothing that blocks its resume. Returns the lock; ``release()`` it when done."""
+    from filelock import FileLock, Timeout
+    path = Path(path)
+    lock = FileLock(str(path / LOCK), timeout=0, is_singleton=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"{path} is in use by {lock_holder(path) or 'another process'}; "
+                        "wait for it to finish, or stop it, or use another --out") from None
+    (path / OWNER).write_text(f"process {os.getpid()} on {platform.node()}, started "
+                              f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    return lock
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the run directory ``path`` now (None: nobody, or a stale lock file)."""
+    from filelock import FileLock, Timeout
+    path = Path(path)
+    if not (path / LOCK).exists():
+        return None
+    probe = FileLock(str(path / LOCK), timeout=0, is_singleton=False)
+    try:
+        probe.acquire()
+    except Timeout:
+        try:
+            return (path / OWNER).read_text().strip()
+        except OSError:
+            return "another process"
+    probe.release()
+    return None
 
 
 def git_commit() -> str | None:

@@ -37,6 +37,7 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import time
 import traceback
 from pathlib import Path
 
@@ -205,6 +206,19 @@ def _executor(workers: int, scheduler: str | None):
     return (lambda f, *a: client.submit(f, *a, pure=False)), as_completed, close
 
 
+def _duration(seconds: float) -> str:
+    m = round(seconds / 60)
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
+def progress_line(done: int, total: int, elapsed: float) -> str:
+    """'3/12 cells, 41 min, ETA 2 h 03 min': the rest at the pace so far (the cells of a
+    sweep differ in cost, so this is rough until a few have finished)."""
+    eta = elapsed / done * (total - done) if done else float("nan")
+    return (f"{done}/{total} cells, {_duration(elapsed)}"
+            + (f", ETA {_duration(eta)}" if done < total else ""))
+
+
 def run(config: dict, out: str | Path | None = None, workers: int = 1,
         scheduler: str | None = None, log=print) -> list[dict]:
     """Run every missing cell of a sweep; returns one summary per cell."""
@@ -214,14 +228,20 @@ def run(config: dict, out: str | Path | None = None, workers: int = 1,
     summaries, todo = [], []
     for cfg in cells:
         run_dir = out / cell_id(cfg)
+        holder = results.lock_holder(run_dir)
         if is_done(run_dir, cfg):
             summaries.append({"cell": run_dir.name, "status": "skipped (finished before)"})
+        elif holder:
+            summaries.append({"cell": run_dir.name, "status": f"skipped (in use by {holder})"})
+            log(f"  skipped  {run_dir.name}: in use by {holder}")
         else:
             todo.append((cfg, run_dir))
-    log(f"sweep {config.get('name', '')}: {len(cells)} cells, {len(cells) - len(todo)} "
-        f"finished before, {len(todo)} to run -> {out}")
+    finished = sum(s["status"].startswith("skipped (finished") for s in summaries)
+    log(f"sweep {config.get('name', '')}: {len(cells)} cells, {finished} finished before, "
+        f"{len(cells) - finished - len(todo)} in use elsewhere, {len(todo)} to run -> {out}")
     if todo:
         submit, as_completed, close = _executor(workers, scheduler)
+        done, t0 = 0, time.monotonic()
         try:
             futures = {submit(run_cell, dataclasses.asdict(cfg), str(d)): (cfg, d) for cfg, d in todo}
             for fut in as_completed(list(futures)):
@@ -233,8 +253,10 @@ def run(config: dict, out: str | Path | None = None, workers: int = 1,
                          "error": f"worker died: {type(e).__name__}: {e}"}
                     results.write_json(d / ERROR, {**s, "config": dataclasses.asdict(cfg)})
                 summaries.append(s)
+                done += 1
                 tail = f"test log p^ {s['test_ll']:.2f}" if "test_ll" in s else s.get("error", "")
-                log(f"  {s['status']:8s} {s['cell']}  {tail}")
+                log(f"  {s['status']:8s} {s['cell']}  {tail}  "
+                    f"[{progress_line(done, len(todo), time.monotonic() - t0)}]")
         finally:
             close()
     return summaries

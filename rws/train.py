@@ -215,6 +215,14 @@ class Trainer:
             warnings.warn(f"{self.device} has no bfloat16 units: --grad-precision bfloat16 "
                           "is emulated here and slower than float32", stacklevel=2)
         results.ensure_writable_dir(self.out)
+        self.lock = results.lock_run_dir(self.out)     # one process per run directory
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, cfg: TrainConfig) -> None:
         self.splits = load_splits(cfg)
         n_train, n_data = self.splits["train"].shape
         if cfg.batch_size > n_train:
@@ -372,6 +380,13 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------
     def run(self, log=print) -> dict:
+        """Train to the epoch cap or early stopping, then test; releases the run directory."""
+        try:
+            return self._run(log)
+        finally:
+            self.lock.release()
+
+    def _run(self, log) -> dict:
         cfg = self.cfg
         if self.status == "finished" and (self.stopped_by == "early_stopping"
                                           or self.epoch >= cfg.epochs):

@@ -118,6 +118,13 @@ def test_non_binary_data_file(tmp_path):
     bad(["train", "--data", path, "--out", tmp_path / "o"], "not exactly 0 or 1")
 
 
+def test_empty_training_split(tmp_path):
+    path = tmp_path / "empty.npz"
+    some = np.ones((4, 5), dtype=np.uint8)
+    np.savez(path, train=np.zeros((0, 5), dtype=np.uint8), valid=some, test=some)
+    bad(["train", "--data", path, "--out", tmp_path / "o"], "the training split is empty")
+
+
 def test_unwritable_output_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -43,6 +43,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert done >= 1 and state["epoch"] == done
     before = record["epochs"][:done]
     assert not list(out.glob(".*.tmp"))                          # no temporary left to confuse
+    assert (out / ".lock").exists()               # the killed run's lock file: stale, ignored
 
     p = subprocess.run([sys.executable, "-m", "rws", "train", *ARGS, "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
@@ -54,3 +55,21 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert final["epochs"][:done] == before                        # nothing completed was lost
     assert all(torch.isfinite(v).all() for v in
                results.load_checkpoint(out / "checkpoint.pt")["model"].values())
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
+    out = tmp_path / "run"
+    proc = start(out)
+    try:
+        deadline = time.time() + 120
+        while not (out / ".lock-owner").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "-m", "rws", "train", *ARGS, "--out", str(out)],
+                                capture_output=True, text=True, timeout=300)
+        assert proc.poll() is None, "the first run ended before the second one started"
+        assert second.returncode == 2
+        assert f"rws: error: {out} is in use by process {proc.pid} on " in second.stderr
+        assert "wait for it to finish" in second.stderr and len(second.stderr.splitlines()) == 1
+    finally:
+        proc.kill()
+        proc.wait()

@@ -41,7 +41,8 @@ def test_an_interrupted_sweep_completes_only_the_missing_cells(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/record.json")}
     lines = []
     summaries = sweep.run(cfg, tmp_path, workers=1, log=lines.append)
-    assert "2 finished before, 2 to run" in lines[0]
+    assert "2 finished before, 0 in use elsewhere, 2 to run" in lines[0]
+    assert "[1/2 cells, " in lines[1] and "ETA" in lines[1] and "[2/2 cells, " in lines[2]
     assert sum(s["status"] == "finished" for s in summaries) == 2
     for p, t in before.items():
         assert p.stat().st_mtime_ns == t          # finished cells were not run again
@@ -188,3 +189,25 @@ what = "the UCI table"
     pub.write_text('[[entry]]\ndata = "dna"\ntest_ll = -1.0\n')
     with pytest.raises(UserError, match="entry 1 lacks"):
         report.report([runs], tmp_path / "out", pub)
+
+
+def test_progress_line_estimates_the_rest_at_the_pace_so_far():
+    assert sweep.progress_line(3, 12, 41 * 60) == "3/12 cells, 41 min, ETA 2 h 03 min"
+    assert sweep.progress_line(12, 12, 7200) == "12/12 cells, 2 h 00 min"
+
+
+def test_a_sweep_skips_a_cell_that_another_process_trains(tmp_path):
+    from rws import results
+    cells = sweep.expand(config(model=["sbn:5"], K=[2, 3]))
+    busy = tmp_path / sweep.cell_id(cells[0])
+    busy.mkdir(parents=True)
+    lock = results.lock_run_dir(busy)           # as if another process trained it
+    try:
+        lines = []
+        summaries = sweep.run(config(model=["sbn:5"], K=[2, 3]), tmp_path, log=lines.append)
+    finally:
+        lock.release()
+    status = {s["cell"]: s["status"] for s in summaries}
+    assert status[busy.name].startswith("skipped (in use by process")
+    assert any("1 in use elsewhere, 1 to run" in line for line in lines)
+    assert not (busy / "record.json").exists()
