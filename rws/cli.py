@@ -35,7 +35,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they show only when stderr is a terminal)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -166,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bars(args) -> bool:
+    """Progress bars only on a terminal: in a pipe, a log file or CI the training loop
+    prints one line per epoch instead."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def _literal(text: str):
     """'true'/'false' -> bool, numbers -> int/float, anything else stays a string."""
     if text.lower() in ("true", "false"):
@@ -192,13 +199,13 @@ def cmd_train(args) -> None:
                       optimizer=args.optimizer, seed=args.seed, device=args.device,
                       threads=args.threads, valid_every=args.valid_every,
                       valid_k=args.valid_k, patience=args.patience, test_k=args.test_k,
-                      max_bad_steps=args.max_bad_steps, progress=not args.no_progress,
+                      max_bad_steps=args.max_bad_steps, progress=_bars(args),
                       grad_precision=args.grad_precision, method_options=options,
                       protocol=args.protocol, lr_p=args.lr_p, lr_q=args.lr_q, lr_s=args.lr_s,
                       lr_decay=args.lr_decay, sleep_interleave=args.sleep_interleave,
                       min_epochs=args.min_epochs, restore_best=args.restore_best,
                       permute_pixels=args.permute_pixels)
-    record = train(cfg, args.out)
+    record = train(cfg, args.out, log=lambda line: print(line, flush=True))   # a line an epoch
     print(f"record: {Path(args.out) / 'record.json'}")
     t = record["test"]
     print(f"test log-likelihood (K={t['K']}): {t['ll']:.3f} +- {t['se']:.3f} nats")
@@ -218,7 +225,7 @@ def cmd_eval(args) -> None:
     model = zoo.build(cfg["model"], x.shape[1]).to(device)
     params, epoch = tested_parameters(state)
     model.load_state_dict(params)
-    r = evaluate(model, x, args.K, args.seed, device, not args.no_progress, args.split, args.rows)
+    r = evaluate(model, x, args.K, args.seed, device, _bars(args), args.split, args.rows)
     print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {epoch}): {r}"
           f"  [{r.seconds:.1f} s]")
     if not args.no_save:

@@ -12,7 +12,10 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
                                      and the sources whose tables nobody could read
     figures/ll_vs_train_k.{png,svg}  test LL against training K, one line per model/method
     figures/ll_vs_eval_k.{png,svg}   LL against evaluation K (from eval records)
-    figures/ll_vs_epoch.{png,svg}    validation LL against epoch and against wall-clock
+    figures/ll_vs_epoch.{png,svg}    validation LL against epoch, a panel per experiment
+                                     (the runs' directory) and model, a line per method/K
+    figures/time_to_quality.{png,svg} validation LL against training seconds, a panel per
+                                     model, a line per method/K
     figures/seconds_per_epoch.{png,svg}
 
 Every number comes from a record, or (published values) from ``published.toml`` with
@@ -66,7 +69,9 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             wall = 0.0
             for e in rec["epochs"]:
                 wall += e["seconds"]
-                epochs.append({"run": run["run"], "model": run["model"], "method": run["method"],
+                epochs.append({"run": run["run"], "experiment": f.parent.parent.name,
+                               "data": run["data"], "model": run["model"],
+                               "method": run["method"],
                                "K": run["K"], "epoch": e["epoch"], "wall_seconds": wall,
                                "train_ll": e["train_ll"], "valid_ll": e.get("valid_ll")})
         elif f.name.startswith("eval-") and "K" in rec and "ll" in rec:
@@ -216,20 +221,32 @@ def figures(runs: pd.DataFrame, epochs: pd.DataFrame, evals: pd.DataFrame, out: 
                title="Log-likelihood estimate against evaluation K")
         ax.legend(fontsize=8, loc="lower right")
         save(fig, "ll_vs_eval_k")
-    if not epochs.empty:
-        # the training estimate log p^_K exists for every epoch; validation where it ran
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-        d = epochs.assign(series=epochs.model + " " + epochs.method + " K=" + epochs.K.astype(str))
-        for ax, x in zip(axes, ("epoch", "wall_seconds")):
-            sns.lineplot(d, x=x, y="train_ll", hue="series", marker="o", ax=ax,
-                         legend=ax is axes[1], errorbar=None)
-            v = d.dropna(subset=["valid_ll"])
-            ax.scatter(v[x], v.valid_ll, marker="x", color="black", s=20, zorder=3,
-                       label="validation" if ax is axes[1] else None)
-        axes[0].set(ylabel="log p^_K (nats): lines training, x validation", title="against epoch")
-        axes[1].set(xlabel="training seconds (evaluation excluded)", title="against wall-clock")
-        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        save(fig, "ll_vs_epoch")
+    valid = epochs.dropna(subset=["valid_ll"]) if not epochs.empty else epochs
+    if not valid.empty:
+        d = valid.assign(series=valid.method + " K=" + valid.K.astype(str),
+                         panel=valid.experiment + ": " + valid.data + " " + valid.model)
+        order = [f"{m} K={k}" for m, k in sorted(set(zip(d.method, d.K)))]
+        g = sns.relplot(d, x="epoch", y="valid_ll", hue="series", hue_order=order,
+                        col="panel", col_wrap=min(3, d.panel.nunique()), kind="line",
+                        marker="o", markersize=3, height=3.2, aspect=1.3,
+                        facet_kws={"sharey": False, "sharex": False})
+        g.set_titles("{col_name}", size=9)
+        g.set_axis_labels("epoch", "validation log p^ (nats)")
+        g.legend.set_title("method, training K")
+        g.figure.suptitle("Validation log-likelihood during training", y=1.02)
+        save(g.figure, "ll_vs_epoch")
+        # time to quality: what an update costs weighed against what it buys
+        g = sns.relplot(d.assign(minutes=d.wall_seconds / 60), x="minutes", y="valid_ll",
+                        hue="series", hue_order=order, col="model",
+                        col_wrap=min(3, d.model.nunique()), kind="line", marker="o",
+                        markersize=3, height=3.2, aspect=1.3,
+                        facet_kws={"sharey": False, "sharex": False})
+        g.set_titles("{col_name}", size=9)
+        g.set_axis_labels("training minutes (evaluation excluded)", "validation log p^ (nats)")
+        g.legend.set_title("method, training K")
+        g.figure.suptitle("Time to quality: validation log-likelihood against training time",
+                          y=1.02)
+        save(g.figure, "time_to_quality")
     if not runs.empty:
         fig, ax = plt.subplots(figsize=(7, 4))
         d = runs.assign(series=runs.method + " K=" + runs.K.astype(str))

@@ -189,3 +189,14 @@ def test_bad_sweep_config_file(tmp_path):
     bad(["sweep", cfg], "K must be >= 1")
     cfg.write_text("[grid\n")
     bad(["sweep", cfg], "cannot be parsed")
+
+
+def test_without_a_terminal_training_prints_one_line_per_epoch(tmp_path):
+    # stdout and stderr are pipes here, as under `| cat`, nohup or CI: no progress bars
+    p = rws("train", *[a for a in TINY if a != "--no-progress"], "--epochs", "2",
+            "--out", tmp_path, check=0)
+    lines = p.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:2]] == [["epoch", "1"], ["epoch", "2"]]
+    for line in lines[:2]:
+        assert "train log p^" in line and " s " in line and "valid log p^_5" in line
+    assert "\r" not in p.stderr and "step/s" not in p.stderr and "it/s" not in p.stderr

@@ -111,7 +111,7 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
     summary = report.report([runs], tmp_path / "out")
     assert summary["runs"] == 6 and summary["evals"] == 18
     assert set(summary["figures"]) == {"ll_vs_train_k", "ll_vs_eval_k", "ll_vs_epoch",
-                                       "seconds_per_epoch"}
+                                       "time_to_quality", "seconds_per_epoch"}
     for name in summary["figures"]:
         assert (tmp_path / "out" / "figures" / f"{name}.png").stat().st_size > 1000
         assert (tmp_path / "out" / "figures" / f"{name}.svg").exists()
