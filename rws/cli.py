@@ -134,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="where to write the model file (.pt)")
     x.add_argument("--debug", action="store_true")
 
+    s = sub.add_parser("samples", help="a picture of a trained model on image data: dreams "
+                       "from P beside data points and their reconstructions through Q then P")
+    s.add_argument("checkpoint", help="a checkpoint.pt written by `rws train` (or rws export)")
+    s.add_argument("--out", required=True, help="the picture to write, e.g. samples.png")
+    s.add_argument("--binary", action="store_true",
+                   help="binary samples instead of the data layer's pixel probabilities")
+    s.add_argument("-n", type=_positive_int, default=64, help="images per panel (default 64)")
+    s.add_argument("--split", default="test", choices=["train", "valid", "test"],
+                   help="where the data points come from (default test)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--debug", action="store_true")
+
     w = sub.add_parser("sweep", help="run a grid of training runs from a TOML/YAML config; "
                        "run again to complete what is missing")
     w.add_argument("config", help="sweep config (see configs/*.toml)")
@@ -215,7 +227,7 @@ def cmd_eval(args) -> None:
     import torch
 
     from rws import results, zoo
-    from rws.train import TrainConfig, evaluate, load_splits, resolve_device
+    from rws.train import TrainConfig, evaluate, load_splits, resolve_device, tested_parameters
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -238,27 +250,21 @@ def cmd_eval(args) -> None:
         print(f"eval record: {path}")
 
 
-def tested_parameters(state: dict) -> tuple[dict, int]:
-    """(model state, epoch) that a run tests: its best-validated epoch's, or (with
-    restore_best off, as in the original code) its last ones. An exported model file
-    holds only these."""
-    from rws.train import TrainConfig
-    if "best" not in state:                       # an exported model file
-        return state["model"], state["epoch"]
-    best = state["best"] or {}
-    if TrainConfig.from_dict(state["config"]).resolved().restore_best and best.get("model"):
-        return best["model"], best["epoch"]
-    return state["model"], state["epoch"]
-
-
 def cmd_export(args) -> None:
     from rws import results
+    from rws.train import tested_parameters
     state = results.load_checkpoint(args.checkpoint)
     params, epoch = tested_parameters(state)
     results.save_checkpoint(Path(args.out), {"config": state["config"], "model": params,
                                              "epoch": epoch})
     print(f"{args.out}: {state['config']['model']} ({state['config']['method']}), "
           f"parameters of epoch {epoch}, {Path(args.out).stat().st_size / 1e6:.1f} MB")
+
+
+def cmd_samples(args) -> None:
+    from rws.samples import from_checkpoint
+    title = from_checkpoint(args.checkpoint, args.out, args.n, args.binary, args.split, args.seed)
+    print(f"{args.out}: {title}")
 
 
 def cmd_sweep(args) -> None:
@@ -309,7 +315,8 @@ def cmd_datasets(args) -> None:
         print(f"{info.name:28s} {info.dim:5d} {tr:7d} {va:7d} {te:7d}  {info.source}")
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "sweep": cmd_sweep,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "samples": cmd_samples,
+            "sweep": cmd_sweep,
             "bench": cmd_bench,
             "report": cmd_report,
             "datasets": cmd_datasets}

@@ -17,6 +17,8 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
     figures/time_to_quality.{png,svg} validation LL against training seconds, a panel per
                                      model, a line per method/K
     figures/seconds_per_epoch.{png,svg}
+    figures/samples/<run>.png        dreams, data points and reconstructions of each
+                                     finished image-data run whose checkpoint is at hand
 
 Every number comes from a record, or (published values) from ``published.toml`` with
 its source; nothing is typed in by hand.
@@ -64,6 +66,7 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                    "test_se": rec["test"]["se"], "test_k": rec["test"]["K"],
                    "seconds_per_epoch": rec["seconds_per_epoch"],
                    "parameters": rec["model"]["parameters"],
+                   "dim": (rec.get("data") or {}).get("dim"),
                    "commit": (rec.get("environment") or {}).get("git_commit")}
             runs.append(run)
             wall = 0.0
@@ -256,6 +259,24 @@ def figures(runs: pd.DataFrame, epochs: pd.DataFrame, evals: pd.DataFrame, out: 
     return written
 
 
+def sample_figures(runs: pd.DataFrame, out: Path) -> list[str]:
+    """A picture of each finished run on image data whose checkpoint is beside its record
+    (checkpoints are not committed, so a clean checkout has none)."""
+    from rws import samples
+    written = []
+    for run in runs.itertuples():
+        ckpt = Path(run.run) / "checkpoint.pt"
+        if not ckpt.exists() or not run.dim or samples.image_side(int(run.dim)) is None:
+            continue
+        try:
+            samples.from_checkpoint(ckpt, out / f"{Path(run.run).name}.png")
+        except UserError as e:
+            print(f"no samples figure for {run.run}: {e}")
+            continue
+        written.append(f"samples/{Path(run.run).name}")
+    return written
+
+
 def report(paths, out: str | Path, published: str | Path | None = None) -> dict:
     """Tables and figures of every record below ``paths``; with ``published`` (a
     ``published.toml``), ours beside the published numbers."""
@@ -264,5 +285,6 @@ def report(paths, out: str | Path, published: str | Path | None = None) -> dict:
     tables(runs, evals, out / "tables")
     n_published = published_table(runs, evals, published, out / "tables") if published else 0
     written = figures(runs, epochs, evals, out / "figures")
+    written += sample_figures(runs, out / "figures" / "samples")
     return {"runs": len(runs), "evals": len(evals), "figures": written, "out": str(out),
             "published": n_published}

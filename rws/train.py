@@ -170,11 +170,16 @@ def load_splits(cfg: "TrainConfig") -> dict[str, torch.Tensor]:
     to every split (``permute_pixels`` >= 0, the original code's PermuteColumns; the
     order in which autoregressive layers visit the pixels)."""
     splits = datasets.get(cfg.data)
-    if cfg.permute_pixels is not None and cfg.permute_pixels >= 0:
-        dim = splits["train"].shape[1]
-        perm = torch.randperm(dim, generator=torch.Generator().manual_seed(cfg.permute_pixels))
-        splits = {k: v[:, perm] for k, v in splits.items()}
-    return splits
+    perm = pixel_permutation(cfg, splits["train"].shape[1])
+    return splits if perm is None else {k: v[:, perm] for k, v in splits.items()}
+
+
+def pixel_permutation(cfg: "TrainConfig", dim: int) -> torch.Tensor | None:
+    """The run's fixed permutation of the dim pixels (column j of its data is pixel
+    perm[j]), or None."""
+    if cfg.permute_pixels is None or cfg.permute_pixels < 0:
+        return None
+    return torch.randperm(dim, generator=torch.Generator().manual_seed(cfg.permute_pixels))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -456,6 +461,18 @@ class Trainer:
         log(f"test {test}  [best epoch {self.best['epoch']}, "
             f"{record['seconds_per_epoch'] or 0:.2f} s/epoch]")
         return record
+
+
+def tested_parameters(state: dict) -> tuple[dict, int]:
+    """(model state, epoch) that a run tests: its best-validated epoch's, or (with
+    restore_best off, as in the original code) its last ones. An exported model file
+    holds only these."""
+    if "best" not in state:                       # an exported model file
+        return state["model"], state["epoch"]
+    best = state["best"] or {}
+    if TrainConfig.from_dict(state["config"]).resolved().restore_best and best.get("model"):
+        return best["model"], best["epoch"]
+    return state["model"], state["epoch"]
 
 
 def _split_model_group(saved: dict, current: dict) -> dict:
