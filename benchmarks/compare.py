@@ -58,6 +58,9 @@ def main(argv=None):
     if worse:
         print(f"{len(worse)} benchmark(s) slower than the baseline by more than "
               f"{args.threshold:.0%} beyond the run's drift, in machine matmul units")
+        for name in worse:
+            print(f"REGRESSION: {name} x{ratios[name]:.2f} the baseline's cost "
+                  f"(limit x{limit:.2f})")
         status = 1
     if drift > 1 + args.suite_threshold:
         print(f"the whole run is x{drift:.2f} slower than the baseline in machine units "
