@@ -106,8 +106,8 @@ def test_regression_check_uses_machine_units(tmp_path):
     same = run(tmp_path / "same.json", [("a", 0.5, 200.0), ("b", 1.0, 120.0)])
     slow = run(tmp_path / "slow.json", [("a", 0.5, 200.0), ("b", 1.5, 120.0)])
     assert compare.costs(base) == {"a": 100.0, "b": 200.0}
-    assert compare.main([base, same]) == 0
-    assert compare.main([base, slow]) == 1
+    assert compare.main([base, same, "--threshold", "0.3"]) == 0
+    assert compare.main([base, slow, "--threshold", "0.3"]) == 1
 
 
 def test_regression_check_judges_each_benchmark_against_the_runs_drift(tmp_path):
@@ -124,11 +124,11 @@ def test_regression_check_judges_each_benchmark_against_the_runs_drift(tmp_path)
 
     compare = _compare_module()
     base = run("base", [1, 1, 1, 1, 1])
-    assert compare.main([base, run("loaded", [1.35, 1.25, 1.3, 1.2, 1.4])]) == 0
-    assert compare.main([base, run("one_slow", [1.2, 1.2, 1.7, 1.2, 1.2])]) == 1
-    assert compare.main([base, run("one_slow_quiet", [1.0, 1.0, 1.35, 1.0, 0.9])]) == 1
-    assert compare.main([base, run("faster", [0.7, 0.7, 0.7, 0.7, 0.95])]) == 0
-    assert compare.main([base, run("all_slow", [1.6, 1.6, 1.6, 1.6, 1.6])]) == 1
+    assert compare.main([base, run("loaded", [1.35, 1.25, 1.3, 1.2, 1.4]), "--threshold", "0.3"]) == 0
+    assert compare.main([base, run("one_slow", [1.2, 1.2, 1.7, 1.2, 1.2]), "--threshold", "0.3"]) == 1
+    assert compare.main([base, run("one_slow_quiet", [1.0, 1.0, 1.35, 1.0, 0.9]), "--threshold", "0.3"]) == 1
+    assert compare.main([base, run("faster", [0.7, 0.7, 0.7, 0.7, 0.95]), "--threshold", "0.3"]) == 0
+    assert compare.main([base, run("all_slow", [1.6, 1.6, 1.6, 1.6, 1.6]), "--threshold", "0.3"]) == 1
 
 
 def test_an_injected_slowdown_fails_the_comparison_and_is_named(tmp_path, capsys):
