@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-O", "--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other option of the method, e.g. -O alpha=0.9 -O normalise=false "
                         "(nvil), -O analytic_kl=false (vae)")
+    t.add_argument("--diagnose-every", type=int, default=0, metavar="N",
+                   help="record gradient diagnostics (SNR, variance, ESS, KL) of the run's "
+                        "estimators every N epochs on a fixed probe minibatch (default 0: off)")
+    t.add_argument("--diagnose-r", type=_positive_int, default=10,
+                   help="gradient draws per estimator for --diagnose-every (default 10)")
     t.add_argument("--out", required=True, help="output directory of the run")
     _add_common(t)
 
@@ -127,6 +132,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "the checkpoint, which `rws report` reads)")
     e.add_argument("--no-save", action="store_true", help="print only, write no eval record")
     _add_common(e)
+
+    g = sub.add_parser("diagnose", help="bias, variance and signal-to-noise of every method's "
+                       "gradient estimators at a checkpoint's parameters, across K")
+    g.add_argument("checkpoints", nargs="+",
+                   help="checkpoint.pt files, or directories searched for them (a sweep's "
+                        "output directory diagnoses every run in it)")
+    g.add_argument("-K", "--samples", dest="K", type=_positive_int, nargs="+",
+                   default=[1, 2, 5, 10, 25, 50], help="sample counts (default 1 2 5 10 25 50)")
+    g.add_argument("-R", "--draws", dest="R", type=_positive_int, default=100,
+                   help="gradient draws per estimator and K (default 100)")
+    g.add_argument("--batch", type=_positive_int, default=100,
+                   help="points of the fixed minibatch: the first of --split (default 100)")
+    g.add_argument("--split", default="valid", choices=["train", "valid", "test"])
+    g.add_argument("--methods", default=None,
+                   help="comma-separated subset of rws, ws, nvil, vimco, vae, iwae "
+                        "(default: every one that applies to the model)")
+    g.add_argument("--reference-k", type=_positive_int, default=1000,
+                   help="K of the reference direction where the model is too large to "
+                        "enumerate (default 1000)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default=None,
+                   help="the record to write (default: diagnostics.json beside the checkpoint)")
+    _add_common(g)
 
     x = sub.add_parser("export", help="the parameters a run tests (model state only, a few "
                        "MB), loadable by `rws eval` without the training state")
@@ -216,7 +244,8 @@ def cmd_train(args) -> None:
                       protocol=args.protocol, lr_p=args.lr_p, lr_q=args.lr_q, lr_s=args.lr_s,
                       lr_decay=args.lr_decay, sleep_interleave=args.sleep_interleave,
                       min_epochs=args.min_epochs, restore_best=args.restore_best,
-                      permute_pixels=args.permute_pixels)
+                      permute_pixels=args.permute_pixels, diagnose_every=args.diagnose_every,
+                      diagnose_r=args.diagnose_r)
     record = train(cfg, args.out, log=lambda line: print(line, flush=True))   # a line an epoch
     print(f"record: {Path(args.out) / 'record.json'}")
     t = record["test"]
@@ -248,6 +277,42 @@ def cmd_eval(args) -> None:
             "config": cfg, "seed": args.seed, "environment": results.environment(device),
             "per_point": r.per_point.tolist(), "ess": r.ess.tolist()})
         print(f"eval record: {path}")
+
+
+def cmd_diagnose(args) -> None:
+    import torch
+
+    from rws import diagnostics, results, zoo
+    from rws.train import TrainConfig, load_splits, tested_parameters
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = [f for p in map(Path, args.checkpoints)
+             for f in ([p] if p.is_file() or not p.exists() else sorted(p.rglob("checkpoint.pt")))]
+    if not paths:
+        raise UserError(f"no checkpoint.pt below {', '.join(args.checkpoints)}")
+    if args.out and len(paths) > 1:
+        raise UserError("--out names one record, but there are several checkpoints; drop "
+                        "--out to write diagnostics.json beside each")
+    names = args.methods.split(",") if args.methods else None
+    for path in paths:
+        state = results.load_checkpoint(path)
+        cfg = TrainConfig.from_dict(state["config"]).resolved()
+        x = load_splits(cfg)[args.split][:args.batch]
+        model = zoo.build(cfg.model, x.shape[1])
+        params, epoch = tested_parameters(state)
+        model.load_state_dict(params)
+        own = {cfg.method: state["method"]} if state.get("method") else None
+        print(f"{path}: {cfg.model} ({cfg.method}, K={cfg.K}), epoch {epoch}, "
+              f"{x.shape[0]} {args.split} points, R={args.R}", flush=True)
+        out = diagnostics.diagnose(model, x, args.K, args.R, names, args.seed,
+                                   reference_k=args.reference_k, own_states=own,
+                                   log=lambda line: print("  " + line, flush=True))
+        record = {**out, "checkpoint": str(path), "config": state["config"], "epoch": epoch,
+                  "split": args.split, "seed": args.seed,
+                  "environment": results.environment("cpu")}
+        target = Path(args.out) if args.out else path.parent / "diagnostics.json"
+        results.write_json(target, record)
+        print(f"diagnostics record: {target}")
 
 
 def cmd_export(args) -> None:
@@ -315,7 +380,8 @@ def cmd_datasets(args) -> None:
         print(f"{info.name:28s} {info.dim:5d} {tr:7d} {va:7d} {te:7d}  {info.source}")
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "samples": cmd_samples,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
+            "export": cmd_export, "samples": cmd_samples,
             "sweep": cmd_sweep,
             "bench": cmd_bench,
             "report": cmd_report,

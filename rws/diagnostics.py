@@ -213,13 +213,15 @@ def format_row(r: dict) -> str:
     return s + f"  {r['seconds'] * 1e3:.1f} ms"
 
 
-def probe(model, x, K: int, method: str, R: int, seed: int = 0) -> dict:
+def probe(model, x, K: int, method: str, R: int, seed: int = 0,
+          own_state: dict | None = None) -> dict:
     """The diagnostics of one run's own estimators at its K on a fixed probe minibatch,
     small R, recorded during training (``TrainConfig.diagnose_every``): {estimator:
-    {snr, variance, ess, kl_estimate}}."""
+    {snr, variance, ess, kl_estimate, ...}}. ``own_state``: the run's method state
+    (NVIL's baselines)."""
     model = copy.deepcopy(model)                  # the run's parameters stay untouched
-    names = ["rws"] if method == "rws" else [method]
-    out = diagnose(model, x, [K], R, names, seed, reference_k=max(100, K), reference_r=2)
+    out = diagnose(model, x, [K], R, [method], seed, reference_k=max(100, K),
+                   reference_r=2, own_states={method: own_state} if own_state else None)
     return {r["estimator"]: {k: r[k] for k in ("snr", "snr_per_parameter", "variance", "ess",
                                                "kl_estimate", "cosine") if k in r}
             for r in out["rows"]}

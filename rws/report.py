@@ -17,6 +17,12 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
     figures/time_to_quality.{png,svg} validation LL against training seconds, a panel per
                                      model, a line per method/K
     figures/seconds_per_epoch.{png,svg}
+    figures/diagnostics_vs_k.{png,svg} SNR and variance of each gradient estimator against K
+                                     (from ``rws diagnose`` records), P and Q panels
+    figures/bias_vs_k.{png,svg}      their bias against K where the target is exact
+    figures/diagnostics_vs_epoch.{png,svg} SNR and ESS against epoch, runs trained with
+                                     --diagnose-every
+    tables/diagnostics.{md,csv}      every diagnostics row
     figures/samples/<run>.png        dreams, data points and reconstructions of each
                                      finished image-data run whose checkpoint is at hand
 
@@ -153,6 +159,91 @@ def load_published(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
     return pd.DataFrame(data.get("entry", [])), data.get("not_found", [])
 
 
+def load_diagnostics(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of ``rws diagnose`` records, per-epoch diagnostics of runs) below paths."""
+    rows, per_epoch = [], []
+    files = [f for p in map(Path, paths) for f in
+             ([p] if p.is_file() else sorted(p.rglob("*.json")))]
+    for f in files:
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(rec, dict):
+            continue
+        cfg = rec.get("config") or {}
+        if rec.get("kind") == "diagnostics":
+            for r in rec["rows"]:
+                rows.append({"run": str(f.parent), "model": cfg.get("model"),
+                             "trained_by": _label(cfg.get("method", "?"),
+                                                  cfg.get("method_options", {})),
+                             "epoch": rec.get("epoch"), "exact": rec.get("exact"), **r})
+        elif f.name == "record.json":
+            for e in rec.get("epochs", []):
+                for name, d in (e.get("diagnostics") or {}).items():
+                    per_epoch.append({"run": str(f.parent), "model": cfg.get("model"),
+                                      "K": cfg.get("K"), "epoch": e["epoch"],
+                                      "estimator": name, **d})
+    return pd.DataFrame(rows), pd.DataFrame(per_epoch)
+
+
+def diagnostics_figures(diag: pd.DataFrame, per_epoch: pd.DataFrame, out: Path,
+                        tables_out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(fig, name):
+        for ext in ("png", "svg"):
+            fig.savefig(out / f"{name}.{ext}", bbox_inches="tight", dpi=120)
+        plt.close(fig)
+        written.append(name)
+
+    if not diag.empty:
+        _write_table(diag.drop(columns=["note"], errors="ignore"), tables_out, "diagnostics")
+        d = diag.assign(series=diag.estimator + " (" + diag.trained_by + " model)",
+                        panel=diag.model + ", " + diag.group.map({"p": "P (theta)",
+                                                                  "q": "Q (phi)"}))
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, y, label in ((axes[0], "snr", "SNR ||E g|| / sqrt(tr Cov g)"),
+                             (axes[1], "variance", "variance tr Cov g")):
+            sns.lineplot(d, x="K", y=y, hue="series", style="panel", marker="o", ax=ax,
+                         errorbar=None, legend=ax is axes[1])
+            ax.set(xscale="log", yscale="log", xlabel="samples K", ylabel=label)
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        fig.suptitle("Gradient estimators against K (rws diagnose)")
+        save(fig, "diagnostics_vs_k")
+        b = d.dropna(subset=["bias"]) if "bias" in d else d.iloc[0:0]
+        if not b.empty:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            sns.lineplot(b, x="K", y="bias", hue="series", style="panel", marker="o", ax=ax,
+                         errorbar=None)
+            for _, r in b.iterrows():
+                ax.plot([r.K, r.K], [max(r.bias - r.mc_error, 1e-12), r.bias + r.mc_error],
+                        color="grey", lw=0.8)
+            ax.set(xscale="log", yscale="log", xlabel="samples K",
+                   ylabel="||E g - exact target|| (bars: Monte Carlo error)",
+                   title="Bias against exact targets (enumerable model)")
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+            save(fig, "bias_vs_k")
+    if not per_epoch.empty:
+        d = per_epoch.assign(series=per_epoch.model + " " + per_epoch.estimator)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        sns.lineplot(d, x="epoch", y="snr", hue="series", marker="o", ax=axes[0],
+                     errorbar=None, legend=False)
+        axes[0].set(yscale="log", ylabel="SNR on the probe minibatch")
+        sns.lineplot(d, x="epoch", y="ess", hue="series", marker="o", ax=axes[1], errorbar=None)
+        axes[1].set(ylabel="ESS of the importance weights")
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        fig.suptitle("Gradient diagnostics during training (--diagnose-every)")
+        save(fig, "diagnostics_vs_epoch")
+    return written
+
+
 def published_table(runs: pd.DataFrame, evals: pd.DataFrame, path: str | Path,
                     out: Path) -> int:
     """Ours beside each published number: the best run of the same data, model, method
@@ -281,10 +372,12 @@ def report(paths, out: str | Path, published: str | Path | None = None) -> dict:
     """Tables and figures of every record below ``paths``; with ``published`` (a
     ``published.toml``), ours beside the published numbers."""
     runs, epochs, evals = load_records(paths)
+    diag, diag_epochs = load_diagnostics(paths)
     out = Path(out)
     tables(runs, evals, out / "tables")
     n_published = published_table(runs, evals, published, out / "tables") if published else 0
     written = figures(runs, epochs, evals, out / "figures")
+    written += diagnostics_figures(diag, diag_epochs, out / "figures", out / "tables")
     written += sample_figures(runs, out / "figures" / "samples")
     return {"runs": len(runs), "evals": len(evals), "figures": written, "out": str(out),
             "published": n_published}

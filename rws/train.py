@@ -31,6 +31,7 @@ RECORD = "record.json"
 
 # Config keys that may change when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = {"epochs", "device", "threads", "progress", "test_k", "max_bad_steps",
+                     "diagnose_every", "diagnose_r",
                      "patience"}
 
 
@@ -65,6 +66,8 @@ class TrainConfig:
     min_epochs: int | None = None  # no early-stopping failure counted up to this epoch
     restore_best: bool | None = None   # test the best-validated parameters (else the last)
     permute_pixels: int | None = None  # seed of a fixed pixel permutation; -1: none
+    diagnose_every: int = 0        # record gradient diagnostics every N epochs (0: never)
+    diagnose_r: int = 10           # draws per estimator for those diagnostics
 
     def check(self) -> None:
         if self.K is None:
@@ -81,7 +84,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise UserError(f"{name.replace('_', ' ')} must be a positive number, got {value}")
-        for name in ("sleep_interleave", "min_epochs"):
+        if self.diagnose_r < 2:
+            raise UserError(f"diagnose_r must be >= 2 (a variance needs two draws), got "
+                            f"{self.diagnose_r}")
+        for name in ("sleep_interleave", "min_epochs", "diagnose_every"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.permute_pixels < -1:
@@ -430,10 +436,21 @@ class Trainer:
                     self.fails += 1
                     if self.fails >= cfg.patience:
                         self.status, self.stopped_by = "early_stopped", "early_stopping"
+            if cfg.diagnose_every and self.epoch % cfg.diagnose_every == 0:
+                metrics["diagnostics"] = self._probe()
             self.history.append(metrics)
             log(format_epoch(metrics))
             self._save()
         return self.finish(log)
+
+    def _probe(self) -> dict:
+        """The run's own estimators on a fixed probe minibatch (the first 100 validation
+        points), R = diagnose_r draws, a generator of its own (``rws.diagnostics``)."""
+        from rws import diagnostics
+        x = self.splits["valid"][:100].to(self.device)
+        return diagnostics.probe(self.model, x, self.cfg.K, self.cfg.method,
+                                 self.cfg.diagnose_r, seed=self.cfg.seed + 31337,
+                                 own_state=self.method.own_state())
 
     def best_model(self):
         """The parameters that the run's test evaluates: those of the best validation

@@ -165,3 +165,59 @@ def test_gaussian_models_get_vae_and_iwae_rows():
                                reference_k=20, reference_r=2)
     names = {(r["estimator"], r["K"]) for r in out["rows"]}
     assert {("vae P", 1), ("iwae Q", 3), ("rws wake-Q", 3)} <= names
+
+
+def test_training_records_diagnostics_every_n_epochs(tmp_path):
+    from rws.train import TrainConfig, Trainer
+    cfg = TrainConfig(data="dna", model="sbn:6", method="rws", K=3, epochs=2, lr=1e-2,
+                      valid_k=2, test_k=2, progress=False, threads=1, diagnose_every=2,
+                      diagnose_r=3)
+    rec = Trainer(cfg, tmp_path).run(lambda *_: None)
+    assert "diagnostics" not in rec["epochs"][0]
+    d = rec["epochs"][1]["diagnostics"]
+    assert set(d) == {"rws wake-P", "rws wake-Q", "rws sleep-Q"}
+    assert all(v["variance"] > 0 and 1 <= v["ess"] <= 3 for v in d.values())
+
+
+def test_rws_diagnose_writes_a_record_for_each_checkpoint_of_a_sweep(tmp_path):
+    import json
+    import subprocess
+    import sys
+    for name, method in (("a", "rws"), ("b", "nvil")):
+        p = subprocess.run([sys.executable, "-m", "rws", "train", "--data", "dna", "--model",
+                            "sbn:4", "--method", method, "--epochs", "1", "--valid-k", "2",
+                            "--test-k", "2", "--out", str(tmp_path / name), "--threads", "1"],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+    p = subprocess.run([sys.executable, "-m", "rws", "diagnose", str(tmp_path), "-K", "1", "2",
+                        "-R", "3", "--batch", "4", "--methods", "rws,nvil", "--threads", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    for name in ("a", "b"):
+        rec = json.loads((tmp_path / name / "diagnostics.json").read_text())
+        assert rec["kind"] == "diagnostics" and rec["exact"] and rec["batch"] == 4
+        rows = {(r["estimator"], r["K"]) for r in rec["rows"]}
+        assert {("rws wake-P", 1), ("rws wake-Q", 2), ("nvil Q", 1)} <= rows
+        nvil = next(r for r in rec["rows"] if r["estimator"] == "nvil Q")
+        assert ("note" in nvil) == (name == "a")     # b's baselines are its own
+
+
+def test_report_renders_diagnostics_records(tmp_path):
+    import json
+    from rws import report
+    from tests.test_sweep_report import fixture_record
+    run = tmp_path / "runs" / "r"
+    fixture_record(run, "sbn:3", "rws", 2, -10.0)
+    model = tiny_model("sbn:3", n_data=5, seed=4)
+    out = diagnostics.diagnose(model, X, [1, 2], R=5, method_names=["rws", "vimco"])
+    (run / "diagnostics.json").write_text(json.dumps(
+        {**out, "config": {"model": "sbn:3", "method": "rws"}, "epoch": 2}))
+    rec = json.loads((run / "record.json").read_text())
+    rec["epochs"][1]["diagnostics"] = {"rws wake-P": {"snr": 0.5, "ess": 1.5, "variance": 2.0}}
+    (run / "record.json").write_text(json.dumps(rec))
+    summary = report.report([tmp_path / "runs"], tmp_path / "out")
+    for name in ("diagnostics_vs_k", "bias_vs_k", "diagnostics_vs_epoch"):
+        assert name in summary["figures"]
+        assert (tmp_path / "out" / "figures" / f"{name}.png").stat().st_size > 1000
+    table = (tmp_path / "out" / "tables" / "diagnostics.csv").read_text()
+    assert "vimco Q" in table and "rws wake-P" in table
