@@ -81,24 +81,29 @@ def group_params(model, group: str) -> list:
     return list((model.p_layers if group == "p" else model.q_layers).parameters())
 
 
-def draw_gradients(method, x, group: str, R: int, generator) -> tuple[torch.Tensor, float]:
-    """R independent draws of the method's gradient in one parameter group: ([R, P],
-    seconds per draw). The method's running statistics (NVIL's centring) are restored
-    after each draw, so every draw sees the same state."""
-    params = group_params(method.model, group)
+def draw_gradients(method, x, groups, R: int, generator) -> tuple[dict, float]:
+    """R independent draws of the method's gradient in each parameter group of
+    ``groups`` ("p", "q"; one draw serves both): ({group: [R, P]}, seconds per draw).
+    The method's running statistics (NVIL's centring) are restored after each draw, so
+    every draw sees the same state."""
+    groups = [groups] if isinstance(groups, str) else list(groups)
+    params = {gr: group_params(method.model, gr) for gr in groups}
+    flat = [p for gr in groups for p in params[gr]]
     buffers = {k: v.clone() for k, v in method.named_buffers() if not k.startswith("model.")}
-    out = []
+    out = {gr: [] for gr in groups}
     t0 = time.perf_counter()
     for _ in range(R):
         loss, _ = method.loss(x, generator)
-        gs = torch.autograd.grad(loss, params, allow_unused=True)
-        out.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                              for g, p in zip(gs, params)]))
+        gs = iter(torch.autograd.grad(loss, flat, allow_unused=True))
+        for gr in groups:
+            # (params first: zip stops on them without taking the next group's gradient)
+            out[gr].append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                      for p, g in zip(params[gr], gs)]))
         with torch.no_grad():
             for k, v in method.named_buffers():
                 if k in buffers:
                     v.copy_(buffers[k])
-    return torch.stack(out), (time.perf_counter() - t0) / R
+    return {gr: torch.stack(v) for gr, v in out.items()}, (time.perf_counter() - t0) / R
 
 
 def summarise(g: torch.Tensor, reference: torch.Tensor | None = None,
@@ -154,8 +159,8 @@ def exact_targets(model, x, K: int) -> dict:
 def reference_directions(model, x, K_ref: int, R_ref: int, generator) -> dict:
     """RWS wake-P and wake-Q at a large K, averaged over R_ref draws: {"p": [P], "q": [Q]}."""
     rws = methods.build("rws", model, K_ref, sleep_q=False)
-    return {group: draw_gradients(rws, x, group, R_ref, generator)[0].mean(0)
-            for group in ("p", "q")}
+    draws, _ = draw_gradients(rws, x, ("p", "q"), R_ref, generator)
+    return {group: g.mean(0) for group, g in draws.items()}
 
 
 def build_method(est: Estimator, model, K: int, own_state: dict | None, seed: int):
@@ -192,12 +197,18 @@ def diagnose(model, x, Ks, R: int = 100, method_names=None, seed: int = 0,
     for K in Ks:
         targets = exact_targets(model, x, K) if is_exact else {}
         stats = weight_stats(model, x, K, min(R, 20), g)
-        for est in ESTIMATORS:
-            if (est.method not in names or not applicable(est, model, K)
-                    or (estimators and est.name not in estimators)):
-                continue
-            method = build_method(est, model, K, (own_states or {}).get(est.method), seed)
-            draws, seconds = draw_gradients(method, x, est.group, R, g)
+        chosen = [est for est in ESTIMATORS
+                  if est.method in names and applicable(est, model, K)
+                  and (not estimators or est.name in estimators)]
+        cache = {}      # estimators of one surrogate loss (e.g. vimco P and Q) share draws
+        for est in chosen:
+            key = (est.method, est.options)
+            if key not in cache:
+                method = build_method(est, model, K, (own_states or {}).get(est.method), seed)
+                groups = sorted({e.group for e in chosen if (e.method, e.options) == key})
+                cache[key] = draw_gradients(method, x, groups, R, g)
+            all_draws, seconds = cache[key]
+            draws = all_draws[est.group]
             target = targets.get((est.target, est.group))
             if is_exact:       # the estimator's own target, else the exact wake target
                 ref = target if target is not None else targets[(

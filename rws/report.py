@@ -271,9 +271,13 @@ def published_table(runs: pd.DataFrame, evals: pd.DataFrame, path: str | Path,
                    + (f" (via {e['via']})" if e.get("via") else ""))
         rows.append(row)
     df = pd.DataFrame(rows)
+    for col in ("ours_eval_k", "epochs", "published_eval_k"):
+        if col in df:
+            df[col] = df[col].astype("Int64")
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "published.csv", index=False)
-    lines = [df.to_markdown(index=False, floatfmt=".2f") if len(df) else "(no entries)", "",
+    shown = df.astype(object).where(df.notna(), "")      # empty cells, not NaN
+    lines = [shown.to_markdown(index=False, floatfmt=".2f") if len(df) else "(no entries)", "",
              "Published values that could not be read (cells left empty, nothing quoted "
              "from memory):", ""]
     lines += [f"- {n['source']}: {n['what']}" for n in not_found]

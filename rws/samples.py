@@ -38,14 +38,19 @@ def _data_layer_view(model, h1: torch.Tensor, binary: bool, generator) -> torch.
 def panels(model, data: torch.Tensor, n: int, binary: bool = False,
            seed: int = 0) -> dict[str, torch.Tensor]:
     """{"dreams", "data", "reconstructions"} -> [n, D] in [0, 1], the data points being
-    the first n of ``data`` [N, D]."""
+    n of ``data`` [N, D] evenly spaced through it (data sets are often sorted by class)."""
     g = torch.Generator().manual_seed(seed)
     dreams = model.sample_p(n, g)                                   # [x, h_1, ...]
-    x = data[:n].float()
+    x = data[spread(len(data), n)].float()
     hs, _ = model.sample_q(x, 1, g)                                 # [x, h_1 [n, n_1], ...]
     return {"dreams": _data_layer_view(model, dreams[1], binary, g),
             "data": x,
             "reconstructions": _data_layer_view(model, hs[1], binary, g)}
+
+
+def spread(N: int, n: int) -> torch.Tensor:
+    """n indices evenly spaced over 0..N-1 (all N if n >= N)."""
+    return torch.linspace(0, N - 1, min(n, N)).round().long()
 
 
 def grid(images: torch.Tensor, side: int, cols: int) -> torch.Tensor:

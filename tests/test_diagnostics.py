@@ -79,7 +79,7 @@ def test_the_mean_of_many_draws_matches_the_exact_expectation():
     mean, var = exact_rws_moments(model, X, 2, "p")
     rws = diagnostics.methods.build("rws", model, 2, sleep_q=False)
     draws, _ = diagnostics.draw_gradients(rws, X, "p", 2000, torch.Generator().manual_seed(5))
-    err = (draws.double().mean(0) - mean).norm()
+    err = (draws["p"].double().mean(0) - mean).norm()
     assert err <= 4 * math.sqrt(var / 2000)
 
 
