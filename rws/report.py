@@ -205,22 +205,24 @@ def diagnostics_figures(diag: pd.DataFrame, per_epoch: pd.DataFrame, out: Path,
 
     if not diag.empty:
         _write_table(diag.drop(columns=["note"], errors="ignore"), tables_out, "diagnostics")
-        d = diag.assign(series=diag.estimator + " (" + diag.trained_by + " model)",
-                        panel=diag.model + ", " + diag.group.map({"p": "P (theta)",
-                                                                  "q": "Q (phi)"}))
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for ax, y, label in ((axes[0], "snr", "SNR ||E g|| / sqrt(tr Cov g)"),
-                             (axes[1], "variance", "variance tr Cov g")):
-            sns.lineplot(d, x="K", y=y, hue="series", style="panel", marker="o", ax=ax,
-                         errorbar=None, legend=ax is axes[1])
-            ax.set(xscale="log", yscale="log", xlabel="samples K", ylabel=label)
-        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        fig.suptitle("Gradient estimators against K (rws diagnose)")
-        save(fig, "diagnostics_vs_k")
+        d = diag.assign(panel=diag.model + ", trained by " + diag.trained_by)
+        long = d.melt(id_vars=["panel", "estimator", "K"], value_vars=["snr", "variance"],
+                      var_name="measure", value_name="value")
+        long["measure"] = long.measure.map({"snr": "SNR ||E g|| / sqrt(tr Cov g)",
+                                            "variance": "variance tr Cov g"})
+        g = sns.relplot(long, x="K", y="value", hue="estimator", col="measure", row="panel",
+                        kind="line", marker="o", height=3.2, aspect=1.4,
+                        facet_kws={"sharey": False})
+        g.set(xscale="log", yscale="log")
+        g.set_titles("{row_name}: {col_name}", size=9)
+        g.set_axis_labels("samples K", "")
+        g.figure.suptitle("Gradient estimators against K (rws diagnose)", y=1.01)
+        save(g.figure, "diagnostics_vs_k")
+        d = d.assign(series=d.estimator)
         b = d.dropna(subset=["bias"]) if "bias" in d else d.iloc[0:0]
         if not b.empty:
             fig, ax = plt.subplots(figsize=(7, 4.5))
-            sns.lineplot(b, x="K", y="bias", hue="series", style="panel", marker="o", ax=ax,
+            sns.lineplot(b, x="K", y="bias", hue="series", style="model", marker="o", ax=ax,
                          errorbar=None)
             for _, r in b.iterrows():
                 ax.plot([r.K, r.K], [max(r.bias - r.mc_error, 1e-12), r.bias + r.mc_error],
