@@ -7,6 +7,8 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
                                      best run of each; its largest-K test evaluation)
     tables/runs.{md,csv}             one row per run: K, epochs, test LL +- SE, s/epoch
     tables/seconds_per_epoch.{md,csv}
+    tables/progress.{md,csv}         every run record, finished or not: status, epochs
+                                     done, best validation LL so far, hours so far
     tables/published.{md,csv}        ours beside each published number of a
                                      ``published.toml`` (source, status, difference),
                                      and the sources whose tables nobody could read
@@ -157,6 +159,31 @@ def load_published(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
             raise UserError(f"{path}: entry {i + 1} lacks {', '.join(missing)}; every "
                             "published number needs its source, table, status and protocol")
     return pd.DataFrame(data.get("entry", [])), data.get("not_found", [])
+
+
+def progress_table(paths, out: Path) -> int:
+    """Every run record below paths, finished or still running (long experiments are
+    committed as they go): one row each. Returns the rows written."""
+    rows = []
+    for p in map(Path, paths):
+        for f in ([p] if p.is_file() else sorted(p.rglob("record.json"))):
+            try:
+                rec = json.loads(f.read_text())
+                cfg = rec["config"]
+            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+                continue
+            rows.append({"run": f.parent.name, "data": cfg["data"], "model": cfg["model"],
+                         "method": _label(cfg["method"], cfg.get("method_options", {})),
+                         "K": cfg["K"], "status": rec.get("status"),
+                         "epochs_done": rec.get("epochs_done"), "epoch_cap": cfg.get("epochs"),
+                         "best_valid_ll": rec.get("best_valid_ll"),
+                         "best_epoch": rec.get("best_epoch"),
+                         "train_hours": sum(e["seconds"] for e in rec.get("epochs", [])) / 3600,
+                         "test_ll": (rec.get("test") or {}).get("ll")})
+    if rows:
+        _write_table(pd.DataFrame(rows).sort_values(["data", "model", "method", "K"]), out,
+                     "progress")
+    return len(rows)
 
 
 def load_diagnostics(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -381,6 +408,7 @@ def report(paths, out: str | Path, published: str | Path | None = None) -> dict:
     diag, diag_epochs = load_diagnostics(paths)
     out = Path(out)
     tables(runs, evals, out / "tables")
+    progress_table(paths, out / "tables")
     n_published = published_table(runs, evals, published, out / "tables") if published else 0
     written = figures(runs, epochs, evals, out / "figures")
     written += diagnostics_figures(diag, diag_epochs, out / "figures", out / "tables")
