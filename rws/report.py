@@ -8,7 +8,9 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
     tables/runs.{md,csv}             one row per run: K, epochs, test LL +- SE, s/epoch
     tables/seconds_per_epoch.{md,csv}
     tables/progress.{md,csv}         every run record, finished or not: status, epochs
-                                     done, best validation LL so far, hours so far
+                                     done, best validation LL so far, hours so far; and
+                                     every cell that could not run (its error.json), e.g.
+                                     "not run: data not available"
     tables/published.{md,csv}        ours beside each published number of a
                                      ``published.toml`` (source, status, difference),
                                      and the sources whose tables nobody could read
@@ -92,9 +94,6 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                           "method": _label(cfg.get("method", "?"), cfg.get("method_options", {})),
                           "train_K": cfg.get("K"), "eval_K": rec["K"], "split": rec.get("split"),
                           "ll": rec["ll"], "se": rec["se"], "seconds": rec.get("seconds")})
-    if not runs and not evals:
-        raise UserError(f"no finished run records (record.json) or eval records below "
-                        f"{', '.join(map(str, paths))}")
     return pd.DataFrame(runs), pd.DataFrame(epochs), pd.DataFrame(evals)
 
 
@@ -180,10 +179,27 @@ def progress_table(paths, out: Path) -> int:
                          "best_epoch": rec.get("best_epoch"),
                          "train_hours": sum(e["seconds"] for e in rec.get("epochs", [])) / 3600,
                          "test_ll": (rec.get("test") or {}).get("ll")})
+        for f in ([] if p.is_file() else sorted(p.rglob("error.json"))):
+            if (f.parent / "record.json").exists():
+                continue                      # it ran; its record says how far
+            try:
+                err = json.loads(f.read_text())
+                cfg = err["config"]
+            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+                continue
+            rows.append({"run": f.parent.name, "data": cfg["data"], "model": cfg["model"],
+                         "method": _label(cfg["method"], cfg.get("method_options", {})),
+                         "K": cfg["K"], "status": "not run: " + _why_not(err.get("error", "?"))})
     if rows:
         _write_table(pd.DataFrame(rows).sort_values(["data", "model", "method", "K"]), out,
                      "progress")
     return len(rows)
+
+
+def _why_not(error: str) -> str:
+    if "could not be downloaded" in error or "not shipped" in error:
+        return "data not available (not shipped, and no download here)"
+    return error.splitlines()[0][:120]
 
 
 def load_diagnostics(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -407,8 +423,10 @@ def report(paths, out: str | Path, published: str | Path | None = None) -> dict:
     runs, epochs, evals = load_records(paths)
     diag, diag_epochs = load_diagnostics(paths)
     out = Path(out)
+    if not progress_table(paths, out / "tables") and evals.empty and diag.empty:
+        raise UserError(f"no run records (record.json), eval or diagnostics records below "
+                        f"{', '.join(map(str, paths))}")
     tables(runs, evals, out / "tables")
-    progress_table(paths, out / "tables")
     n_published = published_table(runs, evals, published, out / "tables") if published else 0
     written = figures(runs, epochs, evals, out / "figures")
     written += diagnostics_figures(diag, diag_epochs, out / "figures", out / "tables")

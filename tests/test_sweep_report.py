@@ -125,7 +125,7 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
 
 
 def test_report_without_records_says_so(tmp_path):
-    with pytest.raises(UserError, match="no finished run records"):
+    with pytest.raises(UserError, match="no run records"):
         report.report([tmp_path], tmp_path / "out")
 
 
@@ -211,3 +211,19 @@ def test_a_sweep_skips_a_cell_that_another_process_trains(tmp_path):
     assert status[busy.name].startswith("skipped (in use by process")
     assert any("1 in use elsewhere, 1 to run" in line for line in lines)
     assert not (busy / "record.json").exists()
+
+
+def test_progress_lists_running_runs_and_cells_that_could_not_run(tmp_path):
+    runs = tmp_path / "runs"
+    fixture_record(runs / "done", "sbn:200", "rws", 5, -95.0)
+    fixture_record(runs / "going", "sbn:200", "ws", 1, -110.0)
+    rec = json.loads((runs / "going" / "record.json").read_text())
+    (runs / "going" / "record.json").write_text(json.dumps({**rec, "status": "running"}))
+    (runs / "rcv1").mkdir()
+    (runs / "rcv1" / "error.json").write_text(json.dumps({
+        "config": {"data": "rcv1", "model": "sbn:200", "method": "rws", "K": 5},
+        "error": "UserError: data set 'rcv1' is not shipped and could not be downloaded"}))
+    report.report([runs], tmp_path / "out")
+    table = (tmp_path / "out" / "tables" / "progress.md").read_text()
+    assert "running" in table and "finished" in table
+    assert "not run: data not available" in table
