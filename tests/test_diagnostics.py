@@ -179,27 +179,34 @@ def test_training_records_diagnostics_every_n_epochs(tmp_path):
     assert all(v["variance"] > 0 and 1 <= v["ess"] <= 3 for v in d.values())
 
 
-def test_rws_diagnose_writes_a_record_for_each_checkpoint_of_a_sweep(tmp_path):
+def test_rws_diagnose_runs_on_every_methods_checkpoint_of_a_sweep(tmp_path):
+    """A sweep of one run per method (SBN for the score-function methods, Gaussian
+    latents for VAE/IWAE), then `rws diagnose` on its directory: a record per run."""
     import json
     import subprocess
     import sys
-    for name, method in (("a", "rws"), ("b", "nvil")):
-        p = subprocess.run([sys.executable, "-m", "rws", "train", "--data", "dna", "--model",
-                            "sbn:4", "--method", method, "--epochs", "1", "--valid-k", "2",
-                            "--test-k", "2", "--out", str(tmp_path / name), "--threads", "1"],
-                           capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stderr
+    from rws import sweep
+    cfg = {"name": "all", "defaults": {"data": "dna", "epochs": 1, "valid_k": 2, "test_k": 2,
+                                       "threads": 1},
+           "cells": [{"method": m, "model": "sbn:4"} for m in ("rws", "ws", "nvil", "vimco")]
+           + [{"method": m, "model": "gauss[hidden=8]:2"} for m in ("vae", "iwae")]}
+    sweep.run(cfg, tmp_path, workers=2, log=lambda *_: None)
     p = subprocess.run([sys.executable, "-m", "rws", "diagnose", str(tmp_path), "-K", "1", "2",
-                        "-R", "3", "--batch", "4", "--methods", "rws,nvil", "--threads", "1"],
-                       capture_output=True, text=True, timeout=300)
+                        "-R", "3", "--batch", "4", "--reference-k", "20", "--threads", "1"],
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
-    for name in ("a", "b"):
-        rec = json.loads((tmp_path / name / "diagnostics.json").read_text())
-        assert rec["kind"] == "diagnostics" and rec["exact"] and rec["batch"] == 4
+    records = {d.name.split("-")[2]: json.loads((d / "diagnostics.json").read_text())
+               for d in tmp_path.iterdir() if d.is_dir()}
+    assert set(records) == {"rws", "ws", "nvil", "vimco", "vae", "iwae"}
+    for method, rec in records.items():
+        assert rec["kind"] == "diagnostics" and rec["batch"] == 4
         rows = {(r["estimator"], r["K"]) for r in rec["rows"]}
-        assert {("rws wake-P", 1), ("rws wake-Q", 2), ("nvil Q", 1)} <= rows
-        nvil = next(r for r in rec["rows"] if r["estimator"] == "nvil Q")
-        assert ("note" in nvil) == (name == "a")     # b's baselines are its own
+        if method in ("vae", "iwae"):
+            assert not rec["exact"] and {("vae P", 1), ("iwae Q", 2)} <= rows
+        else:
+            assert rec["exact"] and {("rws wake-P", 1), ("vimco Q", 2), ("nvil Q", 1)} <= rows
+            nvil = next(r for r in rec["rows"] if r["estimator"] == "nvil Q")
+            assert ("note" in nvil) == (method != "nvil")   # an NVIL run's own baselines
 
 
 def test_report_renders_diagnostics_records(tmp_path):
