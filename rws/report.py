@@ -51,16 +51,23 @@ def _label(method: str, options: dict) -> str:
     return "rws (" + "+".join(n for n, on in (("wake", wake), ("sleep", sleep)) if on) + ")"
 
 
+def _json_files(paths):
+    """(path, parsed object) of every JSON file below paths that holds an object; a
+    foreign or half-copied file is not a record and is passed over."""
+    for p in map(Path, paths):
+        for f in ([p] if p.is_file() else sorted(p.rglob("*.json"))):
+            try:
+                rec = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(rec, dict):
+                yield f, rec
+
+
 def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(runs, epochs, evals) data frames from every record below ``paths``."""
     runs, epochs, evals = [], [], []
-    files = [f for p in map(Path, paths) for f in
-             ([p] if p.is_file() else sorted(p.rglob("*.json")))]
-    for f in files:
-        try:
-            rec = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue   # a foreign or half-copied file is not a record
+    for f, rec in _json_files(paths):
         if f.name == "record.json" and rec.get("status") == "finished":
             cfg = rec["config"]
             run = {"run": str(f.parent), "data": cfg["data"], "model": cfg["model"],
@@ -160,36 +167,39 @@ def load_published(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
     return pd.DataFrame(data.get("entry", [])), data.get("not_found", [])
 
 
+def _read_with_config(f: Path) -> tuple[dict | None, dict | None]:
+    """(record, its config) of a JSON file that has one, else (None, None)."""
+    try:
+        rec = json.loads(f.read_text())
+        return rec, rec["config"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None, None
+
+
 def progress_table(paths, out: Path) -> int:
     """Every run record below paths, finished or still running (long experiments are
-    committed as they go): one row each. Returns the rows written."""
+    committed as they go), and every cell that could not run (its error.json): one row
+    each. Returns the rows written."""
     rows = []
     for p in map(Path, paths):
-        for f in ([p] if p.is_file() else sorted(p.rglob("record.json"))):
-            try:
-                rec = json.loads(f.read_text())
-                cfg = rec["config"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        records = [p] if p.is_file() else sorted(p.rglob("record.json"))
+        errors = [] if p.is_file() else sorted(p.rglob("error.json"))
+        for f in records + [e for e in errors if not (e.parent / "record.json").exists()]:
+            rec, cfg = _read_with_config(f)
+            if rec is None:
                 continue
-            rows.append({"run": f.parent.name, "data": cfg["data"], "model": cfg["model"],
-                         "method": _label(cfg["method"], cfg.get("method_options", {})),
-                         "K": cfg["K"], "status": rec.get("status"),
-                         "epochs_done": rec.get("epochs_done"), "epoch_cap": cfg.get("epochs"),
-                         "best_valid_ll": rec.get("best_valid_ll"),
-                         "best_epoch": rec.get("best_epoch"),
-                         "train_hours": sum(e["seconds"] for e in rec.get("epochs", [])) / 3600,
-                         "test_ll": (rec.get("test") or {}).get("ll")})
-        for f in ([] if p.is_file() else sorted(p.rglob("error.json"))):
-            if (f.parent / "record.json").exists():
-                continue                      # it ran; its record says how far
-            try:
-                err = json.loads(f.read_text())
-                cfg = err["config"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError):
-                continue
-            rows.append({"run": f.parent.name, "data": cfg["data"], "model": cfg["model"],
-                         "method": _label(cfg["method"], cfg.get("method_options", {})),
-                         "K": cfg["K"], "status": "not run: " + _why_not(err.get("error", "?"))})
+            row = {"run": f.parent.name, "data": cfg["data"], "model": cfg["model"],
+                   "method": _label(cfg["method"], cfg.get("method_options", {})),
+                   "K": cfg["K"]}
+            if f.name == "error.json":
+                row["status"] = "not run: " + _why_not(rec.get("error", "?"))
+            else:
+                row.update(status=rec.get("status"), epochs_done=rec.get("epochs_done"),
+                           epoch_cap=cfg.get("epochs"), best_valid_ll=rec.get("best_valid_ll"),
+                           best_epoch=rec.get("best_epoch"),
+                           train_hours=sum(e["seconds"] for e in rec.get("epochs", [])) / 3600,
+                           test_ll=(rec.get("test") or {}).get("ll"))
+            rows.append(row)
     if rows:
         _write_table(pd.DataFrame(rows).sort_values(["data", "model", "method", "K"]), out,
                      "progress")
@@ -205,15 +215,7 @@ def _why_not(error: str) -> str:
 def load_diagnostics(paths) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rows of ``rws diagnose`` records, per-epoch diagnostics of runs) below paths."""
     rows, per_epoch = [], []
-    files = [f for p in map(Path, paths) for f in
-             ([p] if p.is_file() else sorted(p.rglob("*.json")))]
-    for f in files:
-        try:
-            rec = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(rec, dict):
-            continue
+    for f, rec in _json_files(paths):
         cfg = rec.get("config") or {}
         if rec.get("kind") == "diagnostics":
             for r in rec["rows"]:
