@@ -1,7 +1,7 @@
 """The false-alarm margin of the speed gate: pytest-benchmark runs of one unchanged tree,
 compared pairwise the way ``compare.py`` compares a run with the baseline.
 
-    python benchmarks/false_alarms.py RUN1.json RUN2.json ... [--threshold 1.0 --suite-threshold 0.5]
+    python benchmarks/false_alarms.py RUN1.json RUN2.json ... [--threshold 1.5 --suite-threshold 0.6]
 
 For every ordered pair (baseline, new) it takes each benchmark's cost ratio over the
 run's drift (the median ratio, at least 1) and the drift itself, and prints the worst
@@ -21,8 +21,8 @@ from compare import costs  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+")
-    p.add_argument("--threshold", type=float, default=1.0)
-    p.add_argument("--suite-threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=1.5)
+    p.add_argument("--suite-threshold", type=float, default=0.6)
     args = p.parse_args(argv)
     runs = [costs(r) for r in args.runs]
     worst_rel, worst_drift, worst_name, fired, pairs = 0.0, 0.0, "", 0, 0
