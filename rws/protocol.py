@@ -5,7 +5,7 @@ code's training from the modern convention.
             every update, early stopping after ``patience`` validations without
             improvement, the best-validated parameters restored, no pixel permutation.
     ref     what Bornschein & Bengio's code does (reweighted-ws, ``mnist/run-mnist``
-            and ``learning/training.py``; ``../shared/design/algorithms.md`` 3.3-3.6):
+            and ``learning/training.py``, commit e964147):
             EMA momentum 0.95 on the minibatch-summed gradient (``rws.optim``), a
             separate sleep-Q update every 2 steps with 2 B dreams at its own learning
             rate after that step's wake update, ``EarlyStopping(lookahead=10,
