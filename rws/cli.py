@@ -255,17 +255,13 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     import torch
 
-    from rws import results, zoo
-    from rws.train import TrainConfig, evaluate, load_splits, resolve_device, tested_parameters
+    from rws import results
+    from rws.train import evaluate, load_tested, resolve_device
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    state = results.load_checkpoint(args.checkpoint, map_location=device)
-    cfg = state["config"]
-    x = load_splits(TrainConfig.from_dict(cfg).resolved())[args.split]   # pixel permutation
-    model = zoo.build(cfg["model"], x.shape[1]).to(device)
-    params, epoch = tested_parameters(state)
-    model.load_state_dict(params)
+    run = load_tested(args.checkpoint, device)
+    cfg, x, model, epoch = run.state["config"], run.splits[args.split], run.model, run.epoch
     r = evaluate(model, x, args.K, args.seed, device, _bars(args), args.split, args.rows)
     print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {epoch}): {r}"
           f"  [{r.seconds:.1f} s]")
@@ -282,8 +278,8 @@ def cmd_eval(args) -> None:
 def cmd_diagnose(args) -> None:
     import torch
 
-    from rws import diagnostics, results, zoo
-    from rws.train import TrainConfig, load_splits, tested_parameters
+    from rws import diagnostics, results
+    from rws.train import load_tested
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = [f for p in map(Path, args.checkpoints)
@@ -295,12 +291,9 @@ def cmd_diagnose(args) -> None:
                         "--out to write diagnostics.json beside each")
     names = args.methods.split(",") if args.methods else None
     for path in paths:
-        state = results.load_checkpoint(path)
-        cfg = TrainConfig.from_dict(state["config"]).resolved()
-        x = load_splits(cfg)[args.split][:args.batch]
-        model = zoo.build(cfg.model, x.shape[1])
-        params, epoch = tested_parameters(state)
-        model.load_state_dict(params)
+        run = load_tested(path)
+        state, cfg, model, epoch = run.state, run.cfg, run.model, run.epoch
+        x = run.splits[args.split][:args.batch]
         own = {cfg.method: state["method"]} if state.get("method") else None
         print(f"{path}: {cfg.model} ({cfg.method}, K={cfg.K}), epoch {epoch}, "
               f"{x.shape[0]} {args.split} points, R={args.R}", flush=True)

@@ -94,18 +94,13 @@ def from_checkpoint(checkpoint: str | Path, out: str | Path, n: int = 64,
                     binary: bool = False, split: str = "test", seed: int = 0) -> str:
     """Load a run (or an exported model) and draw its picture into ``out``; returns the
     title. A data set that is not square images is refused with one line."""
-    from rws import results, zoo
-    from rws.train import TrainConfig, load_splits, pixel_permutation, tested_parameters
-    state = results.load_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(state["config"]).resolved()
-    x = load_splits(cfg)[split]
+    from rws.train import load_tested, pixel_permutation
+    run = load_tested(checkpoint)
+    cfg, x, model, epoch = run.cfg, run.splits[split], run.model, run.epoch
     side = image_side(x.shape[1])
     if side is None:
         raise UserError(f"'{cfg.data}' is not an image data set ({x.shape[1]} units, not a "
                         "square); rws samples draws image data such as binarized_mnist")
-    params, epoch = tested_parameters(state)
-    model = zoo.build(cfg.model, x.shape[1])
-    model.load_state_dict(params)
     model.eval()
     pics = panels(model, x, n, binary, seed)
     title = (f"{cfg.data} {cfg.model} ({cfg.method}, K={cfg.K}), epoch {epoch}: "

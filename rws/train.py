@@ -480,6 +480,28 @@ class Trainer:
         return record
 
 
+@dataclass
+class TestedRun:
+    """A run's tested model with its config and data (``load_tested``)."""
+    state: dict                # the checkpoint or exported model file
+    cfg: "TrainConfig"         # resolved
+    splits: dict               # the run's data, pixel permutation applied
+    model: torch.nn.Module     # the tested parameters loaded
+    epoch: int                 # the epoch they come from
+
+
+def load_tested(path, device: torch.device | str = "cpu") -> TestedRun:
+    """Load a checkpoint (or an exported model file) as ``rws eval``, ``rws diagnose`` and
+    ``rws samples`` need it: the run's data and its tested parameters."""
+    state = results.load_checkpoint(path, map_location=device)
+    cfg = TrainConfig.from_dict(state["config"]).resolved()
+    splits = load_splits(cfg)
+    model = zoo.build(cfg.model, splits["train"].shape[1]).to(device)
+    params, epoch = tested_parameters(state)
+    model.load_state_dict(params)
+    return TestedRun(state, cfg, splits, model, epoch)
+
+
 def tested_parameters(state: dict) -> tuple[dict, int]:
     """(model state, epoch) that a run tests: its best-validated epoch's, or (with
     restore_best off, as in the original code) its last ones. An exported model file
