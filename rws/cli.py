@@ -262,17 +262,63 @@ def cmd_eval(args) -> None:
     device = resolve_device(args.device)
     run = load_tested(args.checkpoint, device)
     cfg, x, model, epoch = run.state["config"], run.splits[args.split], run.model, run.epoch
-    r = evaluate(model, x, args.K, args.seed, device, _bars(args), args.split, args.rows)
+    path = Path(args.json_out or Path(args.checkpoint).parent / f"eval-{args.split}-K{args.K}.json")
+    if args.no_save:
+        r = evaluate(model, x, args.K, args.seed, device, _bars(args), args.split, args.rows)
+    else:
+        r = _resumable_eval(args, run, path, device)
     print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {epoch}): {r}"
           f"  [{r.seconds:.1f} s]")
     if not args.no_save:
-        path = Path(args.json_out or Path(args.checkpoint).parent / f"eval-{args.split}-K{args.K}.json")
         results.write_json(path, {
             **r.summary(), "split": args.split, "checkpoint": str(args.checkpoint),
             "epoch": epoch,
             "config": cfg, "seed": args.seed, "environment": results.environment(device),
             "per_point": r.per_point.tolist(), "ess": r.ess.tolist()})
+        path.with_name(path.stem + ".partial.pt").unlink(missing_ok=True)
         print(f"eval record: {path}")
+
+
+def _resumable_eval(args, run, path: Path, device):
+    """``rws eval`` that saves its progress beside its record every minute
+    (``eval-SPLIT-KK.partial.pt``) and continues from it when the same command runs
+    again, so an evaluation of hours survives an interruption."""
+    import hashlib
+
+    from rws import estimate, results
+    from rws.train import evaluate
+    partial = path.with_name(path.stem + ".partial.pt")
+    results.ensure_writable_dir(path.parent)
+    lock = results.lock_run_dir(path.parent, f".{path.stem}.lock", what=f"the evaluation {path}",
+                                fix="wait for it to finish, or stop it, or pass another --json")
+    try:
+        digest = hashlib.sha256()
+        for name, t in run.model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        rows = args.rows or estimate.default_rows(run.model)
+        key = {"params": digest.hexdigest(), "split": args.split, "seed": args.seed,
+               "K": args.K, "rows": rows}
+        resume = None
+        if partial.exists():
+            saved = results.load_checkpoint(partial, required=("key", "progress"))
+            if saved["key"] != key:
+                diff = ", ".join(f"{k} {saved['key'].get(k)} (now {v})" for k, v in key.items()
+                                 if saved["key"].get(k) != v and k != "params")
+                raise UserError(f"{partial} holds an unfinished evaluation of "
+                                f"{diff or 'other parameters'}; rerun that command to finish "
+                                "it, or delete the file to start this one afresh")
+            resume = saved["progress"]
+            print(f"continuing the evaluation from {partial}: {resume['done']:,} of "
+                  f"{resume['N']:,} points done", flush=True)
+
+        def snapshot(progress: dict) -> None:
+            results.save_checkpoint(partial, {"key": key, "progress": progress})
+
+        return evaluate(run.model, run.splits[args.split], args.K, args.seed, device,
+                        _bars(args), args.split, rows, resume=resume, snapshot=snapshot)
+    finally:
+        lock.release()
 
 
 def cmd_diagnose(args) -> None:

@@ -78,7 +78,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
+def load_checkpoint(path: Path, map_location="cpu", required=("config", "model")) -> dict:
     """Load with weights_only=True; a truncated, corrupt or code-carrying file is refused."""
     path = Path(path)
     if not path.exists():
@@ -89,8 +89,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint {path} cannot be loaded safely ({first[:200]}); it is "
                         "truncated, corrupt or holds more than tensors and plain data") from None
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise UserError(f"checkpoint {path} is not an rws-bench checkpoint (no config/model)")
+    if not isinstance(state, dict) or not all(k in state for k in required):
+        raise UserError(f"checkpoint {path} is not an rws-bench checkpoint (no {'/'.join(required)})")
     return state
 
 
@@ -98,36 +98,39 @@ LOCK = ".lock"            # held (flock) by the process training into a run dire
 OWNER = ".lock-owner"     # which process that is, for the message of the next one
 
 
-def lock_run_dir(path: Path):
+def lock_run_dir(path: Path, name: str = LOCK, what: str | None = None,
+                 fix: str = "wait for it to finish, or stop it, or use another --out"):
     """Hold the run directory ``path`` for this process: a second process that tries gets
     one line naming the holder. The lock is the operating system's (``filelock``, an
     flock), so it goes with its process: a run killed by a signal or a power cut leaves
-    nothing that blocks its resume. Returns the lock; ``release()`` it when done."""
+    nothing that blocks its resume. Returns the lock; ``release()`` it when done.
+    ``name`` holds one job in the directory instead (an evaluation, say: ``what``)."""
     from filelock import FileLock, Timeout
     path = Path(path)
-    lock = FileLock(str(path / LOCK), timeout=0, is_singleton=False)
+    lock = FileLock(str(path / name), timeout=0, is_singleton=False)
     try:
         lock.acquire()
     except Timeout:
-        raise UserError(f"{path} is in use by {lock_holder(path) or 'another process'}; "
-                        "wait for it to finish, or stop it, or use another --out") from None
-    (path / OWNER).write_text(f"process {os.getpid()} on {platform.node()}, started "
-                              f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        raise UserError(f"{what or path} is in use by {lock_holder(path, name) or 'another process'}; "
+                        f"{fix}") from None
+    (path / (name + OWNER[len(LOCK):])).write_text(
+        f"process {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     return lock
 
 
-def lock_holder(path: Path) -> str | None:
-    """Who holds the run directory ``path`` now (None: nobody, or a stale lock file)."""
+def lock_holder(path: Path, name: str = LOCK) -> str | None:
+    """Who holds the run directory ``path`` (or its job ``name``) now (None: nobody, or a
+    stale lock file)."""
     from filelock import FileLock, Timeout
     path = Path(path)
-    if not (path / LOCK).exists():
+    if not (path / name).exists():
         return None
-    probe = FileLock(str(path / LOCK), timeout=0, is_singleton=False)
+    probe = FileLock(str(path / name), timeout=0, is_singleton=False)
     try:
         probe.acquire()
     except Timeout:
         try:
-            return (path / OWNER).read_text().strip()
+            return (path / (name + OWNER[len(LOCK):])).read_text().strip()
         except OSError:
             return "another process"
     probe.release()

@@ -207,11 +207,12 @@ def build_run(cfg: TrainConfig, n_data: int, device: torch.device):
     return model, method
 
 
-def evaluate(model, x, K, seed, device, progress=False, desc="eval", rows=None):
-    """log p^_K on x with an evaluation generator of its own (the same draws each call)."""
+def evaluate(model, x, K, seed, device, progress=False, desc="eval", rows=None, **resumable):
+    """log p^_K on x with an evaluation generator of its own (the same draws each call);
+    ``resumable``: estimate.log_likelihood's resume and snapshot."""
     g = torch.Generator(device=device).manual_seed(seed)
     return estimate.log_likelihood(model, x, K, generator=g, rows=rows, device=device,
-                                   progress=progress, desc=desc)
+                                   progress=progress, desc=desc, **resumable)
 
 
 class Trainer:

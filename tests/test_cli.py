@@ -200,3 +200,33 @@ def test_without_a_terminal_training_prints_one_line_per_epoch(tmp_path):
     for line in lines[:2]:
         assert "train log p^" in line and " s " in line and "valid log p^_5" in line
     assert "\r" not in p.stderr and "step/s" not in p.stderr and "it/s" not in p.stderr
+
+
+def test_an_interrupted_eval_continues_where_it_stopped(run_dir, tmp_path):
+    """A long `rws eval` saves its progress; killed and rerun, it gives the record an
+    uninterrupted run gives."""
+    args = ["eval", run_dir / "checkpoint.pt", "-K", "400", "--no-progress", "--rows", "800",
+            "--threads", "1"]
+    rws(*args, "--json", tmp_path / "whole.json", check=0)
+    code = ("import sys, runpy; from rws import estimate\n"
+            "real = estimate.log_likelihood\n"
+            "def stop_after_first(*a, snapshot=None, **k):\n"
+            "    def snap(state):\n"
+            "        snapshot(state)\n"
+            "        if state['done'] >= 300: raise KeyboardInterrupt\n"
+            "    return real(*a, snapshot=snap, **{**k, 'snapshot_every': 0})\n"
+            "estimate.log_likelihood = stop_after_first\n"
+            "sys.argv = ['rws'] + sys.argv[1:]\n"
+            "runpy.run_module('rws', run_name='__main__')\n")
+    out = tmp_path / "cut.json"
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args), "--json", out],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and not out.exists()
+    partial = tmp_path / "cut.partial.pt"
+    assert partial.exists()
+    p = rws(*args, "-K", "300", "--json", out, check=2)          # another K: refused, kept
+    assert "K 400 (now 300)" in p.stderr and partial.exists()
+    p = rws(*args, "--json", out, check=0)
+    assert "continuing the evaluation" in p.stdout and not partial.exists()
+    whole, cut = (json.loads(f.read_text()) for f in (tmp_path / "whole.json", out))
+    assert cut["per_point"] == whole["per_point"] and cut["ll"] == whole["ll"]

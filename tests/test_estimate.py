@@ -130,3 +130,33 @@ def test_gaussian_latent_estimate_converges_to_quadrature():
         exact = torch.logsumexp(log_prior + log_lik, 1) + math.log(z[1, 0] - z[0, 0])
     r = estimate.log_likelihood(model, x, 20000, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(r.per_point, exact.double(), atol=0.02)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("K, rows", [(3, 6), (40, 16)])     # several points a pass; chunks
+def test_an_interrupted_evaluation_continues_to_the_same_estimates(K, rows):
+    model = tiny_model("sbn:3-2", seed=2)
+    x = data_points(n=9)
+    whole = estimate.log_likelihood(model, x, K, generator=torch.Generator().manual_seed(5),
+                                    rows=rows)
+    saved = []
+
+    def snapshot(state):
+        saved.append(state)
+        if state["done"] >= 4:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        estimate.log_likelihood(model, x, K, generator=torch.Generator().manual_seed(5),
+                                rows=rows, snapshot=snapshot, snapshot_every=0)
+    assert 4 <= saved[-1]["done"] < 9
+    # the generator passed in is in any state: the saved one replaces it
+    rest = estimate.log_likelihood(model, x, K, generator=torch.Generator().manual_seed(99),
+                                   rows=rows, resume=saved[-1])
+    assert torch.equal(rest.per_point, whole.per_point) and torch.equal(rest.ess, whole.ess)
+    with pytest.raises(ValueError, match=f"not K={K + 1}"):
+        estimate.log_likelihood(model, x, K + 1, generator=torch.Generator(), rows=rows,
+                                resume=saved[-1])
