@@ -13,6 +13,18 @@ matrix-multiply FLOPs it executes (torch's FlopCounterMode over one step:
 forward and backward); a test checks that for an SBN this count equals the minimal
 hand-derived one, so no wasted multiply inflates the rate. Evaluation counts the float32
 products that its exact int8 path (``rws.int8``) replaces.
+
+Autoregressive layers (NADE, DARN) spend their time elsewhere: unit by unit, in
+matrix-vector products and rank-1 updates, and in one sigmoid per unit and hidden unit.
+Their floor counts what one step executes (``count_work``: the matrix FLOPs, the
+matrix-vector FLOPs and the transcendental evaluations, sigmoid, exp, log, ...) and
+divides by rates measured in the same process:
+
+    floor = (matrix FLOPs + matrix-vector FLOPs) / matmul rate
+            + transcendental evaluations / large-tensor torch.sigmoid rate
+
+a time no implementation of the same arithmetic beats on this machine; each row prints
+its step time as a fraction of it.
 """
 from __future__ import annotations
 
@@ -23,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from rws import allocator, estimate, int8, methods, zoo
@@ -57,6 +70,75 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
+def sigmoid_rate(device="cpu", seconds: float = 0.25, n: int = 1 << 22) -> float:
+    """Best torch.sigmoid rate on a large float32 tensor, G elements/s."""
+    a = torch.randn(n, device=device)
+    out = torch.empty_like(a)
+    torch.sigmoid(a, out=out)
+    best = 0.0
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        torch.sigmoid(a, out=out)
+        _sync(device)
+        best = max(best, n / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+# elementwise operations that evaluate an exponential or a logarithm per element
+TRANSCENDENTAL = {"sigmoid", "exp", "log", "log1p", "expm1", "tanh", "softplus",
+                  "softplus_backward", "log_sigmoid_forward", "log_sigmoid_backward",
+                  "logsumexp", "logaddexp"}
+
+
+def _vector_flops(name: str, args) -> int:
+    """2 x the multiply-adds of a matrix-vector product, rank-1 update or dot product."""
+    if name == "mv":                       # (matrix, vector)
+        return 2 * args[0].numel()
+    if name == "addmv":                    # (input, matrix, vector)
+        return 2 * args[1].numel()
+    if name == "addr":                     # (input, vec1, vec2)
+        return 2 * args[1].numel() * args[2].numel()
+    if name == "dot":
+        return 2 * args[0].numel()
+    return 0
+
+
+@dataclass
+class Work:
+    """What fn() executes, counted operation by operation (forward and backward)."""
+    matmul_flops: int = 0          # mm, addmm, bmm (torch's FlopCounterMode)
+    vector_flops: int = 0          # mv, addmv, addr, dot
+    transcendentals: int = 0       # elements through TRANSCENDENTAL operations
+
+    def floor(self, gflops: float, gsigmoids: float) -> float:
+        """Seconds at the given rates (GFLOP/s, G sigmoids/s): the module docstring's floor."""
+        return ((self.matmul_flops + self.vector_flops) / (gflops * 1e9)
+                + self.transcendentals / (gsigmoids * 1e9))
+
+
+class _WorkCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.work = Work()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__.rstrip("_")
+        if name in TRANSCENDENTAL:
+            self.work.transcendentals += args[0].numel()
+        else:
+            self.work.vector_flops += _vector_flops(name, args)
+        return func(*args, **(kwargs or {}))
+
+
+def count_work(fn) -> Work:
+    """The matrix FLOPs, matrix-vector FLOPs and transcendental evaluations of fn()."""
+    with FlopCounterMode(display=False) as flops, _WorkCounter() as counter:
+        fn()
+    counter.work.matmul_flops = flops.get_total_flops()
+    return counter.work
+
+
 @dataclass
 class Case:
     name: str
@@ -76,6 +158,9 @@ class Row:
     gflops: float
     fraction_of_matmul: float      # gflops over the fastest calibration of the case
     seconds_median: float          # the median repeat, for the spread
+    gsigmoid_per_step: float = math.nan   # transcendental evaluations (count_work), 1e9
+    floor_seconds: float = math.nan       # Work.floor at the fastest calibrations
+    fraction_of_floor: float = math.nan   # floor_seconds / seconds_per_step
 
 
 def setup_case(case: Case, train_x, device="cpu"):
@@ -92,12 +177,18 @@ def _rates(peak) -> Callable[[], float]:
     return peak if callable(peak) else (lambda: peak)
 
 
-def _row(name, seconds, per_epoch, flops, peaks) -> Row:
+def _row(name, seconds, per_epoch, flops, peaks, work: Work | None = None,
+         sigmoid_peaks=()) -> Row:
     """The fastest repeat against the fastest calibration: noise only adds time."""
     dt = min(seconds)
     rate = flops / dt / 1e9
-    return Row(name, dt, per_epoch(dt), flops / 1e9, rate, rate / max(peaks),
-               statistics.median(seconds))
+    row = Row(name, dt, per_epoch(dt), flops / 1e9, rate, rate / max(peaks),
+              statistics.median(seconds))
+    if work is not None and sigmoid_peaks:
+        row.gsigmoid_per_step = work.transcendentals / 1e9
+        row.floor_seconds = work.floor(max(peaks), max(sigmoid_peaks))
+        row.fraction_of_floor = row.floor_seconds / dt
+    return row
 
 
 def _training_timer(case: Case, train_x, batches, device):
@@ -109,7 +200,7 @@ def _training_timer(case: Case, train_x, batches, device):
     def step(x):
         return train_step(method, opt, x, g, micro, case.grad_precision)
 
-    flops = count_flops(lambda: step(batches[0]))     # bfloat16 products count as float32's
+    work = count_work(lambda: step(batches[0]))       # bfloat16 products count as float32's
     for x in batches[:20]:
         step(x)         # warm-up: the first tens of steps of a process run slower
 
@@ -119,17 +210,18 @@ def _training_timer(case: Case, train_x, batches, device):
             step(x)
         _sync(device)
         return (time.perf_counter() - t) / len(batches)
-    return repeat, flops
+    return repeat, work
 
 
 def time_trainings(cases: list[Case], train_x, peak, steps, device="cpu",
-                   repeats: int = 5) -> list[Row]:
+                   repeats: int = 5, sigmoids=None) -> list[Row]:
     """Seconds per step of each case (fastest of ``repeats`` timings of ``steps`` steps;
     ``steps``: a number, or a function of the case) and the epoch time it implies for
     the whole training set. The cases take turns, repeat by repeat, so that a slow spell
     of the machine falls on all of them, not on one (ratios between rows, such as the
     K-scaling, are then measured side by side). ``peak``: the matmul GFLOP/s, or a
-    function that measures it (called before each repeat of each case)."""
+    function that measures it (called before each repeat of each case); ``sigmoids``:
+    the sigmoid rate for the floor, likewise (default: measured once)."""
     steps_of = steps if callable(steps) else (lambda case: steps)
     batches = {}    # the first minibatches of the training set, shared by the cases
     for B in {c.batch_size for c in cases}:
@@ -137,13 +229,16 @@ def time_trainings(cases: list[Case], train_x, peak, steps, device="cpu",
         batches[B] = [train_x[i * B:(i + 1) * B].to(device).float() for i in range(n)]
     timers = [_training_timer(c, train_x, batches[c.batch_size][:steps_of(c)], device)
               for c in cases]
-    times, peaks = [[] for _ in cases], [[] for _ in cases]
+    sigmoids = sigmoids or sigmoid_rate(device, 0.1)
+    times, peaks, sig = [[] for _ in cases], [[] for _ in cases], [[] for _ in cases]
     for _ in range(repeats):
-        for (repeat, _), t, p in zip(timers, times, peaks):
+        for (repeat, _), t, p, e in zip(timers, times, peaks, sig):
             p.append(_rates(peak)())
+            e.append(_rates(sigmoids)())
             t.append(repeat())
     return [_row(c.name, t, lambda dt, B=c.batch_size: dt * math.ceil(len(train_x) / B),
-                 flops, p) for c, (_, flops), t, p in zip(cases, timers, times, peaks)]
+                 work.matmul_flops, p, work, e)
+            for c, (_, work), t, p, e in zip(cases, timers, times, peaks, sig)]
 
 
 def time_training(case: Case, train_x, peak, steps: int, device="cpu",
@@ -241,10 +336,32 @@ CASES = [
     Case("vae gauss:50 K=1", "vae", "gauss:50", 1),
     Case("iwae gauss:50 K=5", "iwae", "gauss:50", 5),
     Case("rws gauss:50 K=5", "rws", "gauss:50", 5),
+    # the paper's protocol: batch 25, and the autoregressive layers (cost elementwise)
+    Case("rws sbn:200 K=5 B=25", "rws", "sbn:200", 5, 25),
+    Case("rws darn:200 K=5 B=100", "rws", "darn:200", 5),
+    Case("rws darn:200 K=5 B=25", "rws", "darn:200", 5, 25),
+    Case("rws nade:200 K=5 B=100", "rws", "nade[hidden=200]:200", 5),
+    Case("rws nade:200 K=5 B=25", "rws", "nade[hidden=200]:200", 5, 25),
 ]
+# (batch 25 row, batch 100 row) of a model: their epoch-time ratio is printed
+BATCH_PAIRS = [("rws sbn:200 K=5 B=25", "rws sbn:200 K=5 B=100"),
+               ("rws darn:200 K=5 B=25", "rws darn:200 K=5 B=100"),
+               ("rws nade:200 K=5 B=25", "rws nade:200 K=5 B=100")]
 
 
-def run(device="cpu", quick=False, pyro=True, log=print) -> dict:
+def _autoregressive(case: Case) -> bool:
+    return any(f in case.model for f in ("nade", "darn"))
+
+
+def calibrated_seconds(row: Row) -> float:
+    """A row's epoch time in units of its matmul calibration (seconds x GFLOP/s), so that
+    the machine's drift between two rows cancels out of their ratio."""
+    return row.seconds_per_epoch * row.gflops / row.fraction_of_matmul
+
+
+def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None) -> dict:
+    """The bench table; ``only``: comma-separated substrings, the cases whose names hold
+    one of them (the evaluation row is "eval")."""
     device = torch.device(device)
     allocator.retain_freed_memory()
     train_x = datasets.load("binarized_mnist")["train"]
@@ -255,30 +372,51 @@ def run(device="cpu", quick=False, pyro=True, log=print) -> dict:
         f"2048^3: {peak:.1f} GFLOP/s")
     steps = 20 if quick else 100
     calibrate = lambda: matmul_rate(device, seconds=0.25)   # noqa: E731 (before each repeat)
+    sigmoids = lambda: sigmoid_rate(device, seconds=0.1)    # noqa: E731
+    log(f"torch.sigmoid, {1 << 22} float32 elements: {sigmoids():.2f} G/s")
     rows = []
-    header = f"{'case':34s} {'s/step':>9s} {'s/epoch':>8s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} {'of matmul':>9s}"
+    header = (f"{'case':34s} {'s/step':>9s} {'s/epoch':>8s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
+              f"{'of matmul':>9s} {'Gsigm/step':>10s} {'of floor':>8s}")
     log(header + "   (fastest of 5 repeats, fastest calibration)")
+
     def steps_of(case):
+        if _autoregressive(case):
+            return max(3, steps // 10)
         return steps if case.K * case.batch_size <= 1000 else max(5, steps // 5)
-    for r in time_trainings(CASES[:3] if quick else CASES, train_x, calibrate, steps_of, device):
+    cases = CASES[:3] if quick else CASES
+    wanted = only.split(",") if only else None
+    if wanted:
+        cases = [c for c in CASES if any(w in c.name for w in wanted)]
+    for r in time_trainings(cases, train_x, calibrate, steps_of, device, sigmoids=sigmoids):
         rows.append(r)
         log(f"{r.case:34s} {r.seconds_per_step * 1e3:7.2f}ms {r.seconds_per_epoch:8.2f} "
-            f"{r.gflop_per_step:10.3f} {r.gflops:8.1f} {r.fraction_of_matmul:9.1%}")
-    ev = time_evaluation("sbn:200", test_x[:100 if quick else 200], 1000, calibrate, device)
-    rows.append(ev)
-    log(f"{ev.case:34s} {ev.seconds_per_step:8.2f}s {'':>8s} {ev.gflop_per_step:10.1f} "
-        f"{ev.gflops:8.1f} {ev.fraction_of_matmul:9.1%}")
-    k5, k50 = rows[0], rows[1]
-    # time ratio in calibrated units (seconds x matmul rate), so drift between cases cancels
-    scaling = {"time_ratio": (k50.gflop_per_step / k50.fraction_of_matmul)
-               / (k5.gflop_per_step / k5.fraction_of_matmul),
-               "flop_ratio": k50.gflop_per_step / k5.gflop_per_step}
-    scaling["deviation"] = scaling["time_ratio"] / scaling["flop_ratio"] - 1
-    log(f"K=50 vs K=5: time x{scaling['time_ratio']:.2f}, FLOPs x{scaling['flop_ratio']:.2f} "
-        f"({scaling['deviation']:+.1%})")
+            f"{r.gflop_per_step:10.3f} {r.gflops:8.1f} {r.fraction_of_matmul:9.1%} "
+            f"{r.gsigmoid_per_step:10.4f} {r.fraction_of_floor:8.1%}")
+    by_name = {r.case: r for r in rows}
+    batch_ratios = {}
+    for small, large in BATCH_PAIRS:
+        if small in by_name and large in by_name:
+            ratio = calibrated_seconds(by_name[small]) / calibrated_seconds(by_name[large])
+            batch_ratios[small.replace(" B=25", "")] = ratio
+            log(f"epoch time, batch 25 / batch 100, {small.replace(' B=25', '')}: x{ratio:.2f}")
+    if not wanted or any(w in "eval" for w in wanted):
+        ev = time_evaluation("sbn:200", test_x[:100 if quick else 200], 1000, calibrate, device)
+        rows.append(ev)
+        log(f"{ev.case:34s} {ev.seconds_per_step:8.2f}s {'':>8s} {ev.gflop_per_step:10.1f} "
+            f"{ev.gflops:8.1f} {ev.fraction_of_matmul:9.1%}")
+    scaling = {}
+    k5, k50 = by_name.get(CASES[0].name), by_name.get(CASES[1].name)
+    if k5 and k50:
+        # time ratio in calibrated units (seconds x matmul rate): drift between cases cancels
+        scaling = {"time_ratio": calibrated_seconds(k50) / calibrated_seconds(k5),
+                   "flop_ratio": k50.gflop_per_step / k5.gflop_per_step}
+        scaling["deviation"] = scaling["time_ratio"] / scaling["flop_ratio"] - 1
+        log(f"K=50 vs K=5: time x{scaling['time_ratio']:.2f}, FLOPs x{scaling['flop_ratio']:.2f} "
+            f"({scaling['deviation']:+.1%})")
     out = {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-           "matmul_gflops": peak, "rows": [asdict(r) for r in rows], "k_scaling": scaling}
-    if pyro and device.type == "cpu":
+           "matmul_gflops": peak, "rows": [asdict(r) for r in rows], "k_scaling": scaling,
+           "batch25_over_batch100": batch_ratios}
+    if pyro and device.type == "cpu" and not wanted:
         for key, dreams, what in (("pyro", 1, "100 dreams (the same work)"),
                                   ("pyro_default", None, "Pyro's default 500 dreams")):
             cmp = compare_with_pyro(train_x, 5, 10 if quick else 30, dreams_per_point=dreams)

@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "machine's matmul rate, per method; Pyro side by side if installed")
     b.add_argument("--quick", action="store_true", help="three cases and fewer steps")
     b.add_argument("--no-pyro", action="store_true", help="skip the Pyro comparison")
+    b.add_argument("--only", default=None, metavar="NAMES",
+                   help="comma-separated substrings: only the cases whose names hold one "
+                        "(e.g. 'nade,darn', 'B=25', 'eval'); no Pyro comparison")
     b.add_argument("--json", dest="json_out", default=None, help="also write the table here")
     _add_common(b)
 
@@ -392,7 +395,8 @@ def cmd_bench(args) -> None:
     from rws.train import resolve_device
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = bench.run(resolve_device(args.device), quick=args.quick, pyro=not args.no_pyro)
+    out = bench.run(resolve_device(args.device), quick=args.quick, pyro=not args.no_pyro,
+                    only=args.only)
     if args.json_out:
         results.write_json(Path(args.json_out), {**out, "environment": results.environment(args.device)})
 

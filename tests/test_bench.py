@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rws import bench, methods, zoo
+from rws import bench, layers, methods, zoo
 from rws.train import OPTIMIZERS, micro_batch_size, train_step
 
 
@@ -150,3 +150,27 @@ def test_an_injected_slowdown_fails_the_comparison_and_is_named(tmp_path, capsys
     assert compare.main([str(base), str(slow), *threshold]) == 1
     out = capsys.readouterr().out
     assert f"REGRESSION: {victim} x3.00 the baseline's cost (limit x2.50)" in out
+
+
+def test_work_counts_the_sigmoids_and_vector_products_of_a_nade():
+    """NADE log_prob over D units with H hidden units, R rows: per unit a sigmoid of
+    [R, H], a matrix-vector product [R, H] x [H] and a rank-1 update [R] x [H]; then
+    one log-sigmoid per unit and row for the Bernoulli log-probability."""
+    D, H, R = 7, 5, 11
+    nade = layers.NADE(D, 0, hidden=H)
+    x = torch.bernoulli(torch.full((R, D), 0.5))
+    with torch.no_grad():
+        work = bench.count_work(lambda: nade.log_prob(x))
+    assert work == bench.Work(matmul_flops=0, vector_flops=2 * 2 * D * R * H,
+                              transcendentals=D * R * H + D * R)
+    grad = bench.count_work(lambda: nade.log_prob(x).sum().backward())
+    assert grad.transcendentals == 2 * work.transcendentals     # backward recomputes h
+
+
+def test_floor_divides_each_count_by_its_rate():
+    work = bench.Work(matmul_flops=3e9, vector_flops=1e9, transcendentals=2e9)
+    assert work.floor(gflops=100.0, gsigmoids=0.5) == pytest.approx(4 / 100 + 2 / 0.5)
+    row = bench._row("r", [3.0, 1.0], lambda dt: dt, 3e9, [100.0, 50.0], work, [0.5, 0.25])
+    assert row.floor_seconds == pytest.approx(4.04)
+    assert row.fraction_of_floor == pytest.approx(4.04 / 1.0)
+    assert row.gsigmoid_per_step == pytest.approx(2.0)
