@@ -38,7 +38,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from rws import allocator, estimate, int8, methods, zoo
+from rws import allocator, estimate, int8, methods, nade_kernels, zoo
 from rws import data as datasets
 from rws.train import OPTIMIZERS, micro_batch_size, train_step
 
@@ -118,9 +118,24 @@ class Work:
 
 
 class _WorkCounter(TorchDispatchMode):
+    """Counts torch's operations as they dispatch, and the compiled NADE kernels' work
+    as they report it (``rws.nade_kernels.on_work``)."""
+
     def __init__(self):
         super().__init__()
         self.work = Work()
+
+    def _kernel_work(self, vector_flops: int, sigmoids: int) -> None:
+        self.work.vector_flops += vector_flops
+        self.work.transcendentals += sigmoids
+
+    def __enter__(self):
+        nade_kernels.on_work = self._kernel_work
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        nade_kernels.on_work = None
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__.rstrip("_")

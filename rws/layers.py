@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rws import bf16, int8, rng
+from rws import bf16, int8, nade_kernels, rng
 
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
@@ -360,7 +360,16 @@ class NADELogits(torch.autograd.Function):
     anchor = 64
 
     @staticmethod
-    def forward(ctx, x, b, c, W, V):
+    def forward(ctx, x, b, c, W, V, known=None):
+        """``known``: the logits, already computed (by the sampler that drew x)."""
+        if _use_kernels(b):
+            ctx.save_for_backward(x, c, W, V)
+            ctx.kernel = True
+            if known is not None:
+                return known.clone()
+            return torch.from_numpy(nade_kernels.forward(
+                *_arrays(x, b, c, W), _arrays(V.t())[0]))
+        ctx.kernel = False
         R, D = x.shape
         xT, VT = x.t().contiguous(), V.t().contiguous()     # [D, R], [D, H]: unit i is a row
         sT = torch.empty(D, R, dtype=b.dtype, device=b.device)
@@ -376,6 +385,11 @@ class NADELogits(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.kernel:
+            x, c, W, V = ctx.saved_tensors
+            dc, dW, dVT = nade_kernels.backward(*_arrays(x, c, W, V.t(), g))
+            return (None, g, torch.from_numpy(dc), torch.from_numpy(dW),
+                    torch.from_numpy(dVT).t(), None)
         x, W, V, a, *saved = ctx.saved_tensors
         R, D = x.shape
         xT, gT, VT = x.t().contiguous(), g.t().contiguous(), V.t().contiguous()
@@ -392,7 +406,18 @@ class NADELogits(torch.autograd.Function):
             dV[:, i] = torch.mv(h.t(), gT[i])
             hp = torch.addcmul(h, h, h, value=-1).mul_(gT[i][:, None])   # g_i h (1 - h)
             d.addcmul_(hp, VT[i])                  # += (g_i V[:, i]) * h (1 - h)
-        return None, g, d, dW, dV
+        return None, g, d, dW, dV, None
+
+
+def _use_kernels(t: torch.Tensor) -> bool:
+    """NADE's compiled loops (``rws.nade_kernels``) serve CPU float32/float64 tensors."""
+    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+            and nade_kernels.available())
+
+
+def _arrays(*tensors):
+    """Contiguous numpy views (copies where a tensor is strided or broadcast)."""
+    return [t.detach().contiguous().numpy() for t in tensors]
 
 
 class NADE(nn.Module):
@@ -430,6 +455,18 @@ class NADE(nn.Module):
         return bernoulli_log_prob(logits, x, self.clamp)
 
     def sample(self, y, n=1, generator=None, score=True):
+        if _use_kernels(self.W):
+            with torch.no_grad():
+                b, c = self._biases(y, n)
+                u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)
+                x, s = map(torch.from_numpy, nade_kernels.sample(
+                    *_arrays(b, c, self.W, self.V.t(), u), self.clamp))
+            if not score:
+                return x, None
+            x, y = match_rows(x, y)                       # the scored logits are s: no rerun
+            b, c = self._biases(y, 1 if y is not None else x.shape[0])
+            logits = NADELogits.apply(x, b, c, self.W, self.V, s)
+            return x, bernoulli_log_prob(logits, x, self.clamp)
         with torch.no_grad():
             b, c = self._biases(y, n)
             a = c.clone()                                  # [N*n, H]

@@ -152,10 +152,11 @@ def test_an_injected_slowdown_fails_the_comparison_and_is_named(tmp_path, capsys
     assert f"REGRESSION: {victim} x3.00 the baseline's cost (limit x2.50)" in out
 
 
-def test_work_counts_the_sigmoids_and_vector_products_of_a_nade():
-    """NADE log_prob over D units with H hidden units, R rows: per unit a sigmoid of
-    [R, H], a matrix-vector product [R, H] x [H] and a rank-1 update [R] x [H]; then
-    one log-sigmoid per unit and row for the Bernoulli log-probability."""
+def test_work_counts_the_sigmoids_and_vector_products_of_a_nade(monkeypatch):
+    """NADE log_prob over D units with H hidden units, R rows, in torch: per unit a
+    sigmoid of [R, H], a matrix-vector product [R, H] x [H] and a rank-1 update
+    [R] x [H]; then one log-sigmoid per unit and row for the Bernoulli log-probability."""
+    monkeypatch.setenv("RWS_NUMBA", "0")
     D, H, R = 7, 5, 11
     nade = layers.NADE(D, 0, hidden=H)
     x = torch.bernoulli(torch.full((R, D), 0.5))
@@ -174,3 +175,21 @@ def test_floor_divides_each_count_by_its_rate():
     assert row.floor_seconds == pytest.approx(4.04)
     assert row.fraction_of_floor == pytest.approx(4.04 / 1.0)
     assert row.gsigmoid_per_step == pytest.approx(2.0)
+
+
+def test_work_counts_what_the_compiled_nade_kernels_do():
+    """The kernels skip the rank-1 update where x_i = 0: R D H sigmoids and dot products,
+    and an update of H per nonzero x_i; the backward pass runs the updates up and down
+    again, one more per nonzero x_i (dW), and two H-vector updates per nonzero g_i."""
+    pytest.importorskip("numba")
+    D, H, R = 7, 5, 11
+    nade = layers.NADE(D, 0, hidden=H)
+    x = torch.bernoulli(torch.full((R, D), 0.3))
+    nnz = int(x.count_nonzero())
+    with torch.no_grad():
+        work = bench.count_work(lambda: nade.log_prob(x))
+    assert work == bench.Work(0, 2 * R * D * H + 2 * nnz * H, R * D * H + R * D)
+    grad = bench.count_work(lambda: nade.log_prob(x).sum().backward())
+    # backward: g = dL/ds = x - sigmoid(s) is nonzero everywhere
+    assert grad.vector_flops == work.vector_flops + 6 * nnz * H + 4 * R * D * H
+    assert grad.transcendentals == 2 * R * D * H + 2 * R * D

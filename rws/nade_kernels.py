@@ -1,0 +1,217 @@
+"""NADE's unit-by-unit loops as compiled CPU kernels (numba), row by row.
+
+A NADE layer (``rws.layers.NADE``) computes, for each row and each unit i in order,
+
+    h_i = sigmoid(a_i),   s_i = b_i + h_i . V[:, i],   a_{i+1} = a_i + x_i W[i],   a_0 = c
+
+which in torch is a Python loop of [rows, H] operations per unit: for MNIST's 784
+pixels that is thousands of small operations per step, each a pass over memory. Here
+one compiled loop runs per row with a_i in cache, skips the rank-1 update where x_i = 0
+(most pixels), and evaluates the sigmoid in float32 by an exponential that vectorises
+(range reduction to 2^n 2^f, a degree-6 polynomial for 2^f: error below float32's
+unit roundoff, 6e-8 relative). float64 uses the library exponential.
+
+    forward(x, b, c, W, VT) -> s                      the logits  [R, D]
+    backward(x, c, W, VT, g) -> (dc, dW, dVT)          with g = dL/ds
+    sample(b, c, W, VT, uT, clamp) -> (x, s)           x_i = [u_i < p(x_i = 1 | x_<i)]
+
+Shapes: x, b, s, g [R, D]; c [R, H]; W, VT [D, H] (VT = V^T, unit i's weights a row);
+uT [D, R], the uniforms unit-major as the torch sampler draws them, so both paths give
+the same draws. The backward pass keeps nothing [R, D, H] from the forward pass: per
+row it runs the updates to a_D (no sigmoid), then walks the units down, recovering
+a_i = a_{i+1} - x_i W[i] (re-anchored every ``ANCHOR`` units at values saved on the way
+up, so rounding cannot drift) and evaluating each h_i once. ``available()`` says whether numba is
+installed; ``rws.layers`` falls back to its torch loops without it, on other devices,
+and with RWS_NUMBA=0.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:            # the torch loops in rws.layers serve instead
+    numba = None
+
+_F = np.float32
+_LOG2_E, _LN_2, _LIMIT = _F(1.4426950408889634), _F(0.6931471805599453), _F(87.0)
+_C = tuple(_F(1 / math.factorial(k)) for k in range(7))   # 2^f = e^(f ln 2), Taylor
+_ONE, _HALF = _F(1.0), _F(0.5)
+ANCHOR = 64       # the backward pass re-anchors a_i at saved values every 64 units
+BLOCK = 8         # rows walked together, sharing each unit's weights in cache
+
+
+def available() -> bool:
+    return numba is not None and os.environ.get("RWS_NUMBA", "1") != "0"
+
+
+def _jit(fn):
+    # error_model="numpy": a division is not checked for zero, so the loops vectorise
+    return numba.njit(fastmath=True, error_model="numpy", cache=True, nogil=True)(fn)
+
+
+def _sigmoid32(a, out, bits):
+    """out = 1 / (1 + exp(-a)), float32: exp(t ln 2) = 2^n 2^f with n = round(t),
+    |f| <= 1/2; 2^n is built from its exponent bits in ``bits`` (int32 scratch)."""
+    for k in range(a.shape[0]):
+        t = min(max(-a[k], -_LIMIT), _LIMIT) * _LOG2_E
+        n = np.floor(t + _HALF)
+        f = (t - n) * _LN_2
+        out[k] = _C[0] + f * (_C[1] + f * (_C[2] + f * (_C[3] + f * (_C[4] + f * (_C[5] + f * _C[6])))))
+        bits[k] = (np.int32(n) + np.int32(127)) << np.int32(23)
+    scale = bits.view(np.float32)
+    for k in range(a.shape[0]):
+        out[k] = _ONE / (_ONE + out[k] * scale[k])
+
+
+def _sigmoid64(a, out, bits):
+    for k in range(a.shape[0]):
+        out[k] = 1.0 / (1.0 + np.exp(-a[k]))
+
+
+def _build(sigmoid, ftype):
+    """The three kernels around one row sigmoid (float32's or float64's). Each walks the
+    rows in blocks of ``BLOCK``: unit i's weights (W[i], VT[i], and dW[i], dVT[i] in the
+    backward pass) are loaded once per block instead of once per row."""
+    sigmoid = _jit(sigmoid)
+    zero, one, clamp_a, clamp_b = ftype(0), ftype(1), ftype(0.9999), ftype(5e-6)
+
+    @_jit
+    def forward(x, b, c, W, VT, s):
+        R, D = x.shape
+        H = c.shape[1]
+        a, h = np.empty((BLOCK, H), c.dtype), np.empty(H, c.dtype)
+        bits = np.empty(H, np.int32)
+        for r0 in range(0, R, BLOCK):
+            rows = min(BLOCK, R - r0)
+            a[:rows] = c[r0:r0 + rows]
+            for i in range(D):
+                for j in range(rows):
+                    sigmoid(a[j], h, bits)
+                    acc = zero
+                    for k in range(H):
+                        acc += h[k] * VT[i, k]
+                    s[r0 + j, i] = b[r0 + j, i] + acc
+                    xi = x[r0 + j, i]
+                    if xi != 0:
+                        for k in range(H):
+                            a[j, k] += xi * W[i, k]
+
+    @_jit
+    def backward(x, c, W, VT, g, dc, dW, dVT):
+        R, D = x.shape
+        H = c.shape[1]
+        a, d = np.empty((BLOCK, H), c.dtype), np.empty((BLOCK, H), c.dtype)
+        h = np.empty(H, c.dtype)
+        anchors = np.empty((D // ANCHOR + 1, BLOCK, H), c.dtype)
+        bits = np.empty(H, np.int32)
+        dW[:] = 0
+        dVT[:] = 0
+        for r0 in range(0, R, BLOCK):
+            rows = min(BLOCK, R - r0)
+            a[:rows] = c[r0:r0 + rows]             # a_D by the updates alone, no sigmoid
+            for i in range(D):
+                if i % ANCHOR == 0:
+                    anchors[i // ANCHOR, :rows] = a[:rows]
+                for j in range(rows):
+                    xi = x[r0 + j, i]
+                    if xi != 0:
+                        for k in range(H):
+                            a[j, k] += xi * W[i, k]
+            d[:rows] = 0                           # dL/da_{i+1}, from the last unit down
+            for i in range(D - 1, -1, -1):
+                for j in range(rows):
+                    xi = x[r0 + j, i]
+                    if xi != 0:
+                        for k in range(H):
+                            dW[i, k] += xi * d[j, k]
+                    if i % ANCHOR == 0:            # a_i: re-anchored, or a_{i+1} - x_i W[i]
+                        a[j] = anchors[i // ANCHOR, j]
+                    elif xi != 0:
+                        for k in range(H):
+                            a[j, k] -= xi * W[i, k]
+                    gi = g[r0 + j, i]
+                    if gi != 0:
+                        sigmoid(a[j], h, bits)
+                        for k in range(H):
+                            dVT[i, k] += gi * h[k]
+                            d[j, k] += gi * VT[i, k] * h[k] * (1 - h[k])
+            dc[r0:r0 + rows] = d[:rows]
+
+    @_jit
+    def sample(b, c, W, VT, uT, clamp, x, s):
+        R, D = b.shape
+        H = c.shape[1]
+        a, h = np.empty((BLOCK, H), c.dtype), np.empty(H, c.dtype)
+        bits = np.empty(H, np.int32)
+        for r0 in range(0, R, BLOCK):
+            rows = min(BLOCK, R - r0)
+            a[:rows] = c[r0:r0 + rows]
+            for i in range(D):
+                for j in range(rows):
+                    sigmoid(a[j], h, bits)
+                    acc = zero
+                    for k in range(H):
+                        acc += h[k] * VT[i, k]
+                    logit = b[r0 + j, i] + acc
+                    s[r0 + j, i] = logit
+                    p = one / (one + np.exp(-logit))
+                    if clamp:
+                        p = clamp_a * p + clamp_b
+                    if uT[i, r0 + j] < p:
+                        x[r0 + j, i] = one
+                        for k in range(H):
+                            a[j, k] += W[i, k]
+                    else:
+                        x[r0 + j, i] = zero
+
+    return forward, backward, sample
+
+
+_kernels = {}
+
+
+def _for(dtype):
+    """The kernels of a numpy dtype (float32 or float64), compiled on first use."""
+    key = np.dtype(dtype).name
+    if key not in _kernels:
+        _kernels[key] = (_build(_sigmoid32, np.float32) if key == "float32"
+                         else _build(_sigmoid64, np.float64))
+    return _kernels[key]
+
+
+# a counter of the work the kernels do (rws.bench sets it): on_work(vector FLOPs, sigmoids)
+on_work = None
+
+
+def _count(vector_flops: int, sigmoids: int) -> None:
+    if on_work is not None:
+        on_work(int(vector_flops), int(sigmoids))
+
+
+def forward(x, b, c, W, VT):
+    s = np.empty_like(b)
+    _for(b.dtype)[0](x, b, c, W, VT, s)
+    R, D, H = *x.shape, c.shape[1]
+    _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, R * D * H)
+    return s
+
+
+def backward(x, c, W, VT, g):
+    dc, dW, dVT = np.empty_like(c), np.empty_like(W), np.empty_like(VT)
+    _for(c.dtype)[1](x, c, W, VT, g, dc, dW, dVT)
+    R, D, H = *x.shape, c.shape[1]
+    # the updates up and down again, dW where x_i != 0, dVT and d where g_i != 0
+    _count(3 * 2 * np.count_nonzero(x) * H + 2 * 2 * np.count_nonzero(g) * H, R * D * H)
+    return dc, dW, dVT
+
+
+def sample(b, c, W, VT, uT, clamp: bool):
+    x, s = np.empty_like(b), np.empty_like(b)
+    _for(b.dtype)[2](b, c, W, VT, uT, bool(clamp), x, s)
+    R, D, H = *b.shape, c.shape[1]
+    _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, R * D * H + R * D)
+    return x, s

@@ -1,0 +1,92 @@
+"""NADE's compiled kernels (rws.nade_kernels) against the vectorised definition and the
+torch loops, in float32 and float64, and their samples against exact probabilities."""
+import pytest
+import torch
+
+from rws import layers
+from tests.exact import all_states
+from tests.test_layers import N_X, N_Y, chi_square_pvalue, contexts, randomised
+
+pytest.importorskip("numba")
+
+PATHS = ["kernels", "torch"]
+TOL = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    monkeypatch.setenv("RWS_NUMBA", "1" if request.param == "kernels" else "0")
+    return request.param
+
+
+def vectorised_logits(x, b, c, W, V):
+    """s_i = b_i + sigmoid(c + sum_{m<i} x_m W_m) . V[:, i], all units at once [R, D, H]."""
+    contrib = x[:, :-1, None] * W[:-1]
+    a = torch.nn.functional.pad(torch.cumsum(contrib, 1), (0, 0, 1, 0)) + c[:, None, :]
+    return b + torch.einsum("rdh,hd->rd", torch.sigmoid(a), V)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logits_and_gradients_match_the_vectorised_definition(path, dtype):
+    g = torch.Generator().manual_seed(0)
+    R, D, H = 9, 150, 7                      # more units than one re-anchoring span (64)
+    x = torch.bernoulli(torch.full((R, D), 0.3), generator=g).to(dtype)
+    b, c = (torch.randn(R, n, generator=g, dtype=dtype).requires_grad_() for n in (D, H))
+    W = (0.3 * torch.randn(D, H, generator=g, dtype=dtype)).requires_grad_()
+    V = torch.randn(H, D, generator=g, dtype=dtype).requires_grad_()
+    up = torch.randn(R, D, generator=g, dtype=dtype)
+    want = vectorised_logits(x, b, c, W, V)
+    want_grads = torch.autograd.grad((want * up).sum(), (b, c, W, V))
+    got = layers.NADELogits.apply(x, b, c, W, V)
+    assert torch.allclose(got, want, **TOL[dtype])
+    for w, h in zip(want_grads, torch.autograd.grad((got * up).sum(), (b, c, W, V))):
+        assert torch.allclose(h, w, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("clamp", [False, True])
+def test_kernels_draw_what_the_torch_loops_draw(monkeypatch, dtype, clamp):
+    """The same uniforms, unit-major: the same samples (float64 exactly; float32 up to
+    the rare draw within a rounding of its probability) and the same log-probabilities."""
+    layer = randomised(lambda: layers.NADE(30, N_Y, hidden=6, clamp=clamp), seed=4).to(dtype)
+    y = contexts()[[1, 5]].to(dtype)
+    out = {}
+    for p in PATHS:
+        monkeypatch.setenv("RWS_NUMBA", "1" if p == "kernels" else "0")
+        with torch.no_grad():
+            out[p] = layer.sample(y, 500, torch.Generator().manual_seed(3))
+    (xk, lk), (xt, lt) = out["kernels"], out["torch"]
+    agree = (xk == xt).all(1)
+    assert agree.float().mean() >= (1.0 if dtype == torch.float64 else 0.99)
+    assert torch.allclose(lk[agree], lt[agree], **TOL[dtype])
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_samples_follow_the_exact_probabilities(path, dtype):
+    g = torch.Generator().manual_seed(0)
+    top = randomised(lambda: layers.NADETop(N_X, hidden=3), seed=1, scale=1.0).to(dtype)
+    cond = randomised(lambda: layers.NADE(N_X, N_Y, hidden=3), seed=2, scale=1.0).to(dtype)
+    X = all_states(N_X).to(dtype)
+    with torch.no_grad():
+        x, log_p = top.sample(None, 40000, g)
+        assert torch.allclose(log_p, top.log_prob(x), **TOL[dtype])
+        assert chi_square_pvalue(x, top.log_prob(X)) > 1e-4
+        for y in contexts()[[0, 6]].to(dtype):
+            x, log_p = cond.sample(y[None], 40000, g)
+            assert torch.allclose(log_p, cond.log_prob(x, y.expand(len(x), -1)), **TOL[dtype])
+            assert chi_square_pvalue(x, cond.log_prob(X, y.expand(len(X), -1))) > 1e-4
+
+
+def test_scored_samples_carry_gradients_to_every_parameter():
+    """sample(score=True) reuses the sampler's logits; its log-probability still
+    differentiates to what log_prob's does."""
+    layer = randomised(lambda: layers.NADE(12, N_Y, hidden=4), seed=5)
+    y = contexts()[[2, 3]]
+    x, log_p = layer.sample(y, 6, torch.Generator().manual_seed(1))
+    got = torch.autograd.grad(log_p.sum(), list(layer.parameters()))
+    want = torch.autograd.grad(layer.log_prob(x, y.repeat_interleave(6, 0)).sum(),
+                               list(layer.parameters()))
+    for w, h in zip(want, got):
+        assert torch.allclose(h, w, atol=1e-5, rtol=1e-5)
