@@ -38,7 +38,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from rws import allocator, estimate, int8, methods, nade_kernels, zoo
+from rws import allocator, ar_kernels, estimate, int8, methods, zoo
 from rws import data as datasets
 from rws.train import OPTIMIZERS, micro_batch_size, train_step
 
@@ -119,7 +119,7 @@ class Work:
 
 class _WorkCounter(TorchDispatchMode):
     """Counts torch's operations as they dispatch, and the compiled NADE kernels' work
-    as they report it (``rws.nade_kernels.on_work``)."""
+    as they report it (``rws.ar_kernels.on_work``)."""
 
     def __init__(self):
         super().__init__()
@@ -130,11 +130,11 @@ class _WorkCounter(TorchDispatchMode):
         self.work.transcendentals += sigmoids
 
     def __enter__(self):
-        nade_kernels.on_work = self._kernel_work
+        ar_kernels.on_work = self._kernel_work
         return super().__enter__()
 
     def __exit__(self, *exc):
-        nade_kernels.on_work = None
+        ar_kernels.on_work = None
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

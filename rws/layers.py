@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rws import bf16, int8, nade_kernels, rng
+from rws import ar_kernels, bf16, int8, rng
 
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
@@ -294,6 +294,17 @@ class DSBN(BernoulliLayer):
         return self.out(self.mlp(y))
 
 
+def _use_kernels(t: torch.Tensor) -> bool:
+    """The compiled loops (``rws.ar_kernels``) serve CPU float32/float64 tensors."""
+    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+            and ar_kernels.available())
+
+
+def _arrays(*tensors):
+    """Contiguous numpy views (copies where a tensor is strided or broadcast)."""
+    return [t.detach().contiguous().numpy() for t in tensors]
+
+
 class DARN(nn.Module):
     """Autoregressive SBN (Gregor et al. 2014), top prior (n_y = 0) or conditional:
     p(x_j = 1 | x_<j, y) = sigmoid(b_j + (y U)_j + sum_{i<j} x_i W_ij).
@@ -325,6 +336,13 @@ class DARN(nn.Module):
         return bernoulli_log_prob(logits, x, self.clamp)
 
     def sample(self, y, n=1, generator=None, score=True):
+        if _use_kernels(self.W):
+            with torch.no_grad():
+                base = self._base(y, n)
+                u = rng.uniform((self.n_x, base.shape[0]), generator, base.device, base.dtype)
+                x = ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp)
+                x = torch.from_numpy(x)
+            return x, (self.log_prob(x, y) if score else None)
         with torch.no_grad():
             accT = self._base(y, n).t().contiguous()       # running logits [n_x, N*n]
             u = rng.uniform(accT.shape, generator, accT.device, accT.dtype)    # unit j: u[j]
@@ -367,7 +385,7 @@ class NADELogits(torch.autograd.Function):
             ctx.kernel = True
             if known is not None:
                 return known.clone()
-            return torch.from_numpy(nade_kernels.forward(
+            return torch.from_numpy(ar_kernels.forward(
                 *_arrays(x, b, c, W), _arrays(V.t())[0]))
         ctx.kernel = False
         R, D = x.shape
@@ -387,7 +405,7 @@ class NADELogits(torch.autograd.Function):
     def backward(ctx, g):
         if ctx.kernel:
             x, c, W, V = ctx.saved_tensors
-            dc, dW, dVT = nade_kernels.backward(*_arrays(x, c, W, V.t(), g))
+            dc, dW, dVT = ar_kernels.backward(*_arrays(x, c, W, V.t(), g))
             return (None, g, torch.from_numpy(dc), torch.from_numpy(dW),
                     torch.from_numpy(dVT).t(), None)
         x, W, V, a, *saved = ctx.saved_tensors
@@ -407,17 +425,6 @@ class NADELogits(torch.autograd.Function):
             hp = torch.addcmul(h, h, h, value=-1).mul_(gT[i][:, None])   # g_i h (1 - h)
             d.addcmul_(hp, VT[i])                  # += (g_i V[:, i]) * h (1 - h)
         return None, g, d, dW, dV, None
-
-
-def _use_kernels(t: torch.Tensor) -> bool:
-    """NADE's compiled loops (``rws.nade_kernels``) serve CPU float32/float64 tensors."""
-    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
-            and nade_kernels.available())
-
-
-def _arrays(*tensors):
-    """Contiguous numpy views (copies where a tensor is strided or broadcast)."""
-    return [t.detach().contiguous().numpy() for t in tensors]
 
 
 class NADE(nn.Module):
@@ -459,7 +466,7 @@ class NADE(nn.Module):
             with torch.no_grad():
                 b, c = self._biases(y, n)
                 u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)
-                x, s = map(torch.from_numpy, nade_kernels.sample(
+                x, s = map(torch.from_numpy, ar_kernels.sample(
                     *_arrays(b, c, self.W, self.V.t(), u), self.clamp))
             if not score:
                 return x, None

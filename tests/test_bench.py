@@ -177,7 +177,7 @@ def test_floor_divides_each_count_by_its_rate():
     assert row.gsigmoid_per_step == pytest.approx(2.0)
 
 
-def test_work_counts_what_the_compiled_nade_kernels_do():
+def test_work_counts_what_the_compiled_ar_kernels_do():
     """The kernels skip the rank-1 update where x_i = 0: R D H sigmoids and dot products,
     and an update of H per nonzero x_i; the backward pass runs the updates up and down
     again, one more per nonzero x_i (dW), and two H-vector updates per nonzero g_i."""

@@ -1,4 +1,5 @@
-"""NADE's unit-by-unit loops as compiled CPU kernels (numba), row by row.
+"""The unit-by-unit loops of autoregressive layers as compiled CPU kernels (numba):
+NADE's logits, their backward pass and its sampler, and DARN's sampler.
 
 A NADE layer (``rws.layers.NADE``) computes, for each row and each unit i in order,
 
@@ -14,6 +15,7 @@ unit roundoff, 6e-8 relative). float64 uses the library exponential.
     forward(x, b, c, W, VT) -> s                      the logits  [R, D]
     backward(x, c, W, VT, g) -> (dc, dW, dVT)          with g = dL/ds
     sample(b, c, W, VT, uT, clamp) -> (x, s)           x_i = [u_i < p(x_i = 1 | x_<i)]
+    darn_sample(base, W, uT, clamp) -> x               DARN (its log_prob is one GEMM)
 
 Shapes: x, b, s, g [R, D]; c [R, H]; W, VT [D, H] (VT = V^T, unit i's weights a row);
 uT [D, R], the uniforms unit-major as the torch sampler draws them, so both paths give
@@ -22,7 +24,8 @@ row it runs the updates to a_D (no sigmoid), then walks the units down, recoveri
 a_i = a_{i+1} - x_i W[i] (re-anchored every ``ANCHOR`` units at values saved on the way
 up, so rounding cannot drift) and evaluating each h_i once. ``available()`` says whether numba is
 installed; ``rws.layers`` falls back to its torch loops without it, on other devices,
-and with RWS_NUMBA=0.
+and with RWS_NUMBA=0. A DARN's sampler likewise skips the update of the later units'
+logits where x_j = 0.
 """
 from __future__ import annotations
 
@@ -168,7 +171,26 @@ def _build(sigmoid, ftype):
                     else:
                         x[r0 + j, i] = zero
 
-    return forward, backward, sample
+    @_jit
+    def darn_sample(base, W, uT, clamp, x):
+        R, D = base.shape
+        acc = np.empty((BLOCK, D), base.dtype)
+        for r0 in range(0, R, BLOCK):
+            rows = min(BLOCK, R - r0)
+            acc[:rows] = base[r0:r0 + rows]
+            for j in range(D):
+                for m in range(rows):
+                    p = one / (one + np.exp(-acc[m, j]))
+                    if clamp:
+                        p = clamp_a * p + clamp_b
+                    if uT[j, r0 + m] < p:
+                        x[r0 + m, j] = one
+                        for k in range(j + 1, D):       # unit j feeds the units after it
+                            acc[m, k] += W[j, k]
+                    else:
+                        x[r0 + m, j] = zero
+
+    return forward, backward, sample, darn_sample
 
 
 _kernels = {}
@@ -215,3 +237,14 @@ def sample(b, c, W, VT, uT, clamp: bool):
     R, D, H = *b.shape, c.shape[1]
     _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, R * D * H + R * D)
     return x, s
+
+
+def darn_sample(base, W, uT, clamp: bool):
+    """A DARN's draws: x_j = [u_j < sigmoid(base_j + sum_{i<j} x_i W[i, j])], unit by
+    unit (base = b + y U: [R, D]; W [D, D], input i to output j)."""
+    x = np.empty_like(base)
+    _for(base.dtype)[3](base, W, uT, bool(clamp), x)
+    if on_work is not None:
+        R, D = base.shape
+        _count(2 * int((D - 1 - np.nonzero(x)[1]).sum()), R * D)
+    return x

@@ -1,5 +1,6 @@
-"""NADE's compiled kernels (rws.nade_kernels) against the vectorised definition and the
-torch loops, in float32 and float64, and their samples against exact probabilities."""
+"""The compiled kernels of NADE and DARN (rws.ar_kernels) against the vectorised
+definition and the torch loops, in float32 and float64, and their samples against
+exact probabilities."""
 import pytest
 import torch
 
@@ -46,10 +47,13 @@ def test_logits_and_gradients_match_the_vectorised_definition(path, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("clamp", [False, True])
-def test_kernels_draw_what_the_torch_loops_draw(monkeypatch, dtype, clamp):
+@pytest.mark.parametrize("family", ["nade", "darn"])
+def test_kernels_draw_what_the_torch_loops_draw(monkeypatch, dtype, clamp, family):
     """The same uniforms, unit-major: the same samples (float64 exactly; float32 up to
     the rare draw within a rounding of its probability) and the same log-probabilities."""
-    layer = randomised(lambda: layers.NADE(30, N_Y, hidden=6, clamp=clamp), seed=4).to(dtype)
+    make = {"nade": lambda: layers.NADE(30, N_Y, hidden=6, clamp=clamp),
+            "darn": lambda: layers.DARN(30, N_Y, clamp=clamp)}[family]
+    layer = randomised(make, seed=4).to(dtype)
     y = contexts()[[1, 5]].to(dtype)
     out = {}
     for p in PATHS:
@@ -62,12 +66,17 @@ def test_kernels_draw_what_the_torch_loops_draw(monkeypatch, dtype, clamp):
     assert torch.allclose(lk[agree], lt[agree], **TOL[dtype])
 
 
+FAMILIES = {"nade": (lambda: layers.NADETop(N_X, hidden=3), lambda: layers.NADE(N_X, N_Y, hidden=3)),
+            "darn": (lambda: layers.DARNTop(N_X), lambda: layers.DARN(N_X, N_Y))}
+
+
 @pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_samples_follow_the_exact_probabilities(path, dtype):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_samples_follow_the_exact_probabilities(path, dtype, family):
     g = torch.Generator().manual_seed(0)
-    top = randomised(lambda: layers.NADETop(N_X, hidden=3), seed=1, scale=1.0).to(dtype)
-    cond = randomised(lambda: layers.NADE(N_X, N_Y, hidden=3), seed=2, scale=1.0).to(dtype)
+    top = randomised(FAMILIES[family][0], seed=1, scale=1.0).to(dtype)
+    cond = randomised(FAMILIES[family][1], seed=2, scale=1.0).to(dtype)
     X = all_states(N_X).to(dtype)
     with torch.no_grad():
         x, log_p = top.sample(None, 40000, g)
