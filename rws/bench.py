@@ -28,7 +28,9 @@ its step time as a fraction of it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -162,6 +164,7 @@ class Case:
     K: int
     batch_size: int = 100
     grad_precision: str = "float32"    # "bfloat16": weight gradients as ``rws.bf16``
+    env: dict | None = None            # environment while it runs, e.g. {"RWS_NUMBA": "0"}
 
 
 @dataclass
@@ -206,14 +209,30 @@ def _row(name, seconds, per_epoch, flops, peaks, work: Work | None = None,
     return row
 
 
+@contextlib.contextmanager
+def _environ(env: dict | None):
+    """os.environ with ``env`` set, restored afterwards."""
+    before = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _training_timer(case: Case, train_x, batches, device):
-    """(time one repeat over ``batches`` -> seconds per step, the step's matmul FLOPs)
-    of a case, warmed up."""
+    """(time one repeat over ``batches`` -> seconds per step, the step's work) of a
+    case, warmed up."""
     _, method, opt, micro = setup_case(case, train_x, device)
     g = torch.Generator(device=device).manual_seed(0)
 
     def step(x):
-        return train_step(method, opt, x, g, micro, case.grad_precision)
+        with _environ(case.env):
+            return train_step(method, opt, x, g, micro, case.grad_precision)
 
     work = count_work(lambda: step(batches[0]))       # bfloat16 products count as float32's
     for x in batches[:20]:
@@ -362,6 +381,11 @@ CASES = [
 BATCH_PAIRS = [("rws sbn:200 K=5 B=25", "rws sbn:200 K=5 B=100"),
                ("rws darn:200 K=5 B=25", "rws darn:200 K=5 B=100"),
                ("rws nade:200 K=5 B=25", "rws nade:200 K=5 B=100")]
+TORCH_LOOPS = " torch loops"
+# the autoregressive cases again on the torch loops (rws.ar_kernels turned off): the
+# kernels' speedup is printed, measured in the same run
+CASES += [Case(c.name + TORCH_LOOPS, c.method, c.model, c.K, c.batch_size, env={"RWS_NUMBA": "0"})
+          for c in CASES if any(f in c.model for f in ("nade", "darn"))]
 
 
 def _autoregressive(case: Case) -> bool:
@@ -414,6 +438,12 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
             ratio = calibrated_seconds(by_name[small]) / calibrated_seconds(by_name[large])
             batch_ratios[small.replace(" B=25", "")] = ratio
             log(f"epoch time, batch 25 / batch 100, {small.replace(' B=25', '')}: x{ratio:.2f}")
+    kernel_speedups = {}
+    for name, loops in by_name.items():
+        if name.endswith(TORCH_LOOPS) and name[:-len(TORCH_LOOPS)] in by_name:
+            base = name[:-len(TORCH_LOOPS)]
+            kernel_speedups[base] = calibrated_seconds(loops) / calibrated_seconds(by_name[base])
+            log(f"compiled kernels against torch loops, {base}: x{kernel_speedups[base]:.2f} faster")
     if not wanted or any(w in "eval" for w in wanted):
         ev = time_evaluation("sbn:200", test_x[:100 if quick else 200], 1000, calibrate, device)
         rows.append(ev)
@@ -430,7 +460,7 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
             f"({scaling['deviation']:+.1%})")
     out = {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
            "matmul_gflops": peak, "rows": [asdict(r) for r in rows], "k_scaling": scaling,
-           "batch25_over_batch100": batch_ratios}
+           "batch25_over_batch100": batch_ratios, "kernel_speedup": kernel_speedups}
     if pyro and device.type == "cpu" and not wanted:
         for key, dreams, what in (("pyro", 1, "100 dreams (the same work)"),
                                   ("pyro_default", None, "Pyro's default 500 dreams")):
