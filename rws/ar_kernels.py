@@ -7,10 +7,12 @@ A NADE layer (``rws.layers.NADE``) computes, for each row and each unit i in ord
 
 which in torch is a Python loop of [rows, H] operations per unit: for MNIST's 784
 pixels that is thousands of small operations per step, each a pass over memory. Here
-one compiled loop runs per row with a_i in cache, skips the rank-1 update where x_i = 0
-(most pixels), and evaluates the sigmoid in float32 by an exponential that vectorises
-(range reduction to 2^n 2^f, a degree-6 polynomial for 2^f: error below float32's
-unit roundoff, 6e-8 relative). float64 uses the library exponential.
+one compiled loop runs per block of rows with a_i in cache, skips the rank-1 update
+where x_i = 0 (most pixels), and fuses the sigmoid into the loop that uses it. In float32
+the exponential is one that vectorises (range reduction to 2^n 2^f, a degree-6 Taylor
+polynomial for 2^f: error below float32's unit roundoff, 6e-8 relative); float64 uses
+the library exponential. The kernels run on one thread (numba's; torch's thread count
+does not apply to them).
 
     forward(x, b, c, W, VT) -> s                      the logits  [R, D]
     backward(x, c, W, VT, g) -> (dc, dW, dVT)          with g = dL/ds
@@ -22,10 +24,10 @@ uT [D, R], the uniforms unit-major as the torch sampler draws them, so both path
 the same draws. The backward pass keeps nothing [R, D, H] from the forward pass: per
 row it runs the updates to a_D (no sigmoid), then walks the units down, recovering
 a_i = a_{i+1} - x_i W[i] (re-anchored every ``ANCHOR`` units at values saved on the way
-up, so rounding cannot drift) and evaluating each h_i once. ``available()`` says whether numba is
-installed; ``rws.layers`` falls back to its torch loops without it, on other devices,
-and with RWS_NUMBA=0. A DARN's sampler likewise skips the update of the later units'
-logits where x_j = 0.
+up, so rounding cannot drift) and evaluating each h_i once. A DARN's sampler likewise
+skips the update of the later units' logits where x_j = 0. ``available()`` says whether
+numba is installed; ``rws.layers`` falls back to its torch loops without it, on other
+devices, and with RWS_NUMBA=0.
 """
 from __future__ import annotations
 
@@ -56,47 +58,49 @@ def _jit(fn):
     return numba.njit(fastmath=True, error_model="numpy", cache=True, nogil=True)(fn)
 
 
-def _sigmoid32(a, out, bits):
-    """out = 1 / (1 + exp(-a)), float32: exp(t ln 2) = 2^n 2^f with n = round(t),
-    |f| <= 1/2; 2^n is built from its exponent bits in ``bits`` (int32 scratch)."""
+def _exp_neg32(a, p, bits, ones):
+    """exp(-a) = p * scale, float32: exp(t ln 2) = 2^n 2^f with n = round(t), |f| <= 1/2,
+    p = 2^f by its Taylor polynomial, scale = 2^n built from its exponent bits in
+    ``bits`` (int32 scratch). The callers fuse sigmoid(a) = 1 / (1 + p scale) into
+    their own loop over the hidden units."""
     for k in range(a.shape[0]):
         t = min(max(-a[k], -_LIMIT), _LIMIT) * _LOG2_E
         n = np.floor(t + _HALF)
         f = (t - n) * _LN_2
-        out[k] = _C[0] + f * (_C[1] + f * (_C[2] + f * (_C[3] + f * (_C[4] + f * (_C[5] + f * _C[6])))))
+        p[k] = _C[0] + f * (_C[1] + f * (_C[2] + f * (_C[3] + f * (_C[4] + f * (_C[5] + f * _C[6])))))
         bits[k] = (np.int32(n) + np.int32(127)) << np.int32(23)
-    scale = bits.view(np.float32)
+    return bits.view(np.float32)
+
+
+def _exp_neg64(a, p, bits, ones):
+    """exp(-a) = p * ones, float64, by the library exponential."""
     for k in range(a.shape[0]):
-        out[k] = _ONE / (_ONE + out[k] * scale[k])
+        p[k] = np.exp(-a[k])
+    return ones
 
 
-def _sigmoid64(a, out, bits):
-    for k in range(a.shape[0]):
-        out[k] = 1.0 / (1.0 + np.exp(-a[k]))
-
-
-def _build(sigmoid, ftype):
-    """The three kernels around one row sigmoid (float32's or float64's). Each walks the
-    rows in blocks of ``BLOCK``: unit i's weights (W[i], VT[i], and dW[i], dVT[i] in the
-    backward pass) are loaded once per block instead of once per row."""
-    sigmoid = _jit(sigmoid)
+def _build(exp_neg, ftype):
+    """The kernels around one row exponential (float32's or float64's). NADE's walk the
+    rows in blocks of ``BLOCK``: unit i's weights (W[i], VT[i], and dW[i], dVT[i] in
+    the backward pass) are loaded once per block instead of once per row."""
+    exp_neg = _jit(exp_neg)
     zero, one, clamp_a, clamp_b = ftype(0), ftype(1), ftype(0.9999), ftype(5e-6)
 
     @_jit
     def forward(x, b, c, W, VT, s):
         R, D = x.shape
         H = c.shape[1]
-        a, h = np.empty((BLOCK, H), c.dtype), np.empty(H, c.dtype)
-        bits = np.empty(H, np.int32)
+        a, p = np.empty((BLOCK, H), c.dtype), np.empty(H, c.dtype)
+        bits, ones = np.empty(H, np.int32), np.ones(H, c.dtype)
         for r0 in range(0, R, BLOCK):
             rows = min(BLOCK, R - r0)
             a[:rows] = c[r0:r0 + rows]
             for i in range(D):
                 for j in range(rows):
-                    sigmoid(a[j], h, bits)
+                    scale = exp_neg(a[j], p, bits, ones)
                     acc = zero
-                    for k in range(H):
-                        acc += h[k] * VT[i, k]
+                    for k in range(H):                      # sigmoid(a_i) . V[:, i]
+                        acc += VT[i, k] / (one + p[k] * scale[k])
                     s[r0 + j, i] = b[r0 + j, i] + acc
                     xi = x[r0 + j, i]
                     if xi != 0:
@@ -108,9 +112,9 @@ def _build(sigmoid, ftype):
         R, D = x.shape
         H = c.shape[1]
         a, d = np.empty((BLOCK, H), c.dtype), np.empty((BLOCK, H), c.dtype)
-        h = np.empty(H, c.dtype)
+        p = np.empty(H, c.dtype)
         anchors = np.empty((D // ANCHOR + 1, BLOCK, H), c.dtype)
-        bits = np.empty(H, np.int32)
+        bits, ones = np.empty(H, np.int32), np.ones(H, c.dtype)
         dW[:] = 0
         dVT[:] = 0
         for r0 in range(0, R, BLOCK):
@@ -138,33 +142,34 @@ def _build(sigmoid, ftype):
                             a[j, k] -= xi * W[i, k]
                     gi = g[r0 + j, i]
                     if gi != 0:
-                        sigmoid(a[j], h, bits)
+                        scale = exp_neg(a[j], p, bits, ones)
                         for k in range(H):
-                            dVT[i, k] += gi * h[k]
-                            d[j, k] += gi * VT[i, k] * h[k] * (1 - h[k])
+                            hk = one / (one + p[k] * scale[k])
+                            dVT[i, k] += gi * hk
+                            d[j, k] += gi * VT[i, k] * hk * (one - hk)
             dc[r0:r0 + rows] = d[:rows]
 
     @_jit
     def sample(b, c, W, VT, uT, clamp, x, s):
         R, D = b.shape
         H = c.shape[1]
-        a, h = np.empty((BLOCK, H), c.dtype), np.empty(H, c.dtype)
-        bits = np.empty(H, np.int32)
+        a, p = np.empty((BLOCK, H), c.dtype), np.empty(H, c.dtype)
+        bits, ones = np.empty(H, np.int32), np.ones(H, c.dtype)
         for r0 in range(0, R, BLOCK):
             rows = min(BLOCK, R - r0)
             a[:rows] = c[r0:r0 + rows]
             for i in range(D):
                 for j in range(rows):
-                    sigmoid(a[j], h, bits)
+                    scale = exp_neg(a[j], p, bits, ones)
                     acc = zero
                     for k in range(H):
-                        acc += h[k] * VT[i, k]
+                        acc += VT[i, k] / (one + p[k] * scale[k])
                     logit = b[r0 + j, i] + acc
                     s[r0 + j, i] = logit
-                    p = one / (one + np.exp(-logit))
+                    q = one / (one + np.exp(-logit))
                     if clamp:
-                        p = clamp_a * p + clamp_b
-                    if uT[i, r0 + j] < p:
+                        q = clamp_a * q + clamp_b
+                    if uT[i, r0 + j] < q:
                         x[r0 + j, i] = one
                         for k in range(H):
                             a[j, k] += W[i, k]
@@ -200,8 +205,8 @@ def _for(dtype):
     """The kernels of a numpy dtype (float32 or float64), compiled on first use."""
     key = np.dtype(dtype).name
     if key not in _kernels:
-        _kernels[key] = (_build(_sigmoid32, np.float32) if key == "float32"
-                         else _build(_sigmoid64, np.float64))
+        _kernels[key] = (_build(_exp_neg32, np.float32) if key == "float32"
+                         else _build(_exp_neg64, np.float64))
     return _kernels[key]
 
 
