@@ -140,11 +140,30 @@ def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
     paper = best.pivot_table(index=["data", "model"], columns="method", values="value",
                              aggfunc="first").reset_index().fillna("")
     _write_table(paper, out, "test_ll")
+    _write_table(by_data_set(runs), out, "by_data_set")
     speed = runs.pivot_table(index=["model", "K"], columns="method", values="seconds_per_epoch",
                              aggfunc="median").reset_index()
     _write_table(speed, out, "seconds_per_epoch")
     if not evals.empty:
         _write_table(evals.sort_values(["run", "eval_K"]), out, "ll_vs_eval_k")
+
+
+def by_data_set(runs: pd.DataFrame) -> pd.DataFrame:
+    """The paper-style table of the UCI and Caltech experiments: one row per data set,
+    method and training K, one column per model, each cell the best run's test LL with
+    its evaluation K, epochs and training hours; ``best model`` names the column that
+    leads the row. ``runs`` as from ``with_largest_eval``."""
+    cell = runs.assign(value=runs.test_ll.map("{:.2f}".format) + " ± "
+                       + runs.test_se.map("{:.2f}".format) + " (eval K="
+                       + runs.test_k.astype(int).astype(str) + ", "
+                       + runs.epochs.astype(int).astype(str) + " ep, "
+                       + runs.train_hours.map("{:.2f}".format) + " h)")
+    best = cell.sort_values("test_ll").groupby(["data", "model", "method", "K"]).tail(1)
+    table = best.pivot_table(index=["data", "method", "K"], columns="model", values="value",
+                             aggfunc="first").reset_index().fillna("")
+    leader = best.sort_values("test_ll").groupby(["data", "method", "K"]).tail(1)
+    return table.merge(leader[["data", "method", "K", "model"]].rename(
+        columns={"model": "best model"}), on=["data", "method", "K"])
 
 
 def load_published(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:

@@ -2,6 +2,7 @@
 recorded; reports render from records."""
 import json
 
+import pandas as pd
 import pytest
 
 from rws import report, sweep
@@ -122,6 +123,21 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
     assert "-93.00 ± 0.30 (K=25, eval K=1000)" in table
     csv = (tmp_path / "out" / "tables" / "runs.csv").read_text().splitlines()
     assert len(csv) == 1 + 6
+
+
+def test_the_data_set_table_has_a_row_per_set_and_a_column_per_model(tmp_path):
+    runs = tmp_path / "runs"
+    fixture_record(runs / "dna-sbn", "sbn:200", "rws", 5, -90.0)
+    fixture_record(runs / "dna-nade", "nade:200", "rws", 5, -85.0)
+    fixture_record(runs / "adult-sbn", "sbn:200", "rws", 5, -20.0, data="adult")
+    report.report([runs], tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "tables" / "by_data_set.csv", keep_default_na=False)
+    assert list(table.columns) == ["data", "method", "K", "nade:200", "sbn:200", "best model"]
+    assert table.data.tolist() == ["adult", "dna"] and table.K.tolist() == [5, 5]
+    adult, dna = table.to_dict("records")
+    assert adult["sbn:200"] == "-20.00 ± 0.30 (eval K=1000, 2 ep, 0.00 h)"
+    assert adult["nade:200"] == "" and adult["best model"] == "sbn:200"
+    assert dna["nade:200"].startswith("-85.00 ± 0.30") and dna["best model"] == "nade:200"
 
 
 def test_report_without_records_says_so(tmp_path):
