@@ -87,8 +87,10 @@ def _build(exp_neg, ftype):
     zero, one, clamp_a, clamp_b = ftype(0), ftype(1), ftype(0.9999), ftype(5e-6)
 
     @_jit
-    def forward(x, b, c, W, VT, s):
-        R, D = x.shape
+    def walk(b, c, W, VT, uT, clamp, draw, x, s):
+        """The logits s of x, unit by unit: x given, or (draw) each x_i drawn from its
+        logit as [u_i < sigmoid(s_i)] before it feeds the later units."""
+        R, D = b.shape
         H = c.shape[1]
         a, p = np.empty((BLOCK, H), c.dtype), np.empty(H, c.dtype)
         bits, ones = np.empty(H, np.int32), np.ones(H, c.dtype)
@@ -101,7 +103,13 @@ def _build(exp_neg, ftype):
                     acc = zero
                     for k in range(H):                      # sigmoid(a_i) . V[:, i]
                         acc += VT[i, k] / (one + p[k] * scale[k])
-                    s[r0 + j, i] = b[r0 + j, i] + acc
+                    logit = b[r0 + j, i] + acc
+                    s[r0 + j, i] = logit
+                    if draw:
+                        q = one / (one + np.exp(-logit))
+                        if clamp:
+                            q = clamp_a * q + clamp_b
+                        x[r0 + j, i] = one if uT[i, r0 + j] < q else zero
                     xi = x[r0 + j, i]
                     if xi != 0:
                         for k in range(H):
@@ -150,33 +158,6 @@ def _build(exp_neg, ftype):
             dc[r0:r0 + rows] = d[:rows]
 
     @_jit
-    def sample(b, c, W, VT, uT, clamp, x, s):
-        R, D = b.shape
-        H = c.shape[1]
-        a, p = np.empty((BLOCK, H), c.dtype), np.empty(H, c.dtype)
-        bits, ones = np.empty(H, np.int32), np.ones(H, c.dtype)
-        for r0 in range(0, R, BLOCK):
-            rows = min(BLOCK, R - r0)
-            a[:rows] = c[r0:r0 + rows]
-            for i in range(D):
-                for j in range(rows):
-                    scale = exp_neg(a[j], p, bits, ones)
-                    acc = zero
-                    for k in range(H):
-                        acc += VT[i, k] / (one + p[k] * scale[k])
-                    logit = b[r0 + j, i] + acc
-                    s[r0 + j, i] = logit
-                    q = one / (one + np.exp(-logit))
-                    if clamp:
-                        q = clamp_a * q + clamp_b
-                    if uT[i, r0 + j] < q:
-                        x[r0 + j, i] = one
-                        for k in range(H):
-                            a[j, k] += W[i, k]
-                    else:
-                        x[r0 + j, i] = zero
-
-    @_jit
     def darn_sample(base, W, uT, clamp, x):
         R, D = base.shape
         acc = np.empty((BLOCK, D), base.dtype)
@@ -195,7 +176,7 @@ def _build(exp_neg, ftype):
                     else:
                         x[r0 + m, j] = zero
 
-    return forward, backward, sample, darn_sample
+    return walk, backward, darn_sample
 
 
 _kernels = {}
@@ -221,7 +202,7 @@ def _count(vector_flops: int, sigmoids: int) -> None:
 
 def forward(x, b, c, W, VT):
     s = np.empty_like(b)
-    _for(b.dtype)[0](x, b, c, W, VT, s)
+    _for(b.dtype)[0](b, c, W, VT, np.empty((0, 0), b.dtype), False, False, x, s)
     R, D, H = *x.shape, c.shape[1]
     _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, R * D * H)
     return s
@@ -238,7 +219,7 @@ def backward(x, c, W, VT, g):
 
 def sample(b, c, W, VT, uT, clamp: bool):
     x, s = np.empty_like(b), np.empty_like(b)
-    _for(b.dtype)[2](b, c, W, VT, uT, bool(clamp), x, s)
+    _for(b.dtype)[0](b, c, W, VT, uT, bool(clamp), True, x, s)
     R, D, H = *b.shape, c.shape[1]
     _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, R * D * H + R * D)
     return x, s
@@ -248,7 +229,7 @@ def darn_sample(base, W, uT, clamp: bool):
     """A DARN's draws: x_j = [u_j < sigmoid(base_j + sum_{i<j} x_i W[i, j])], unit by
     unit (base = b + y U: [R, D]; W [D, D], input i to output j)."""
     x = np.empty_like(base)
-    _for(base.dtype)[3](base, W, uT, bool(clamp), x)
+    _for(base.dtype)[2](base, W, uT, bool(clamp), x)
     if on_work is not None:
         R, D = base.shape
         _count(2 * int((D - 1 - np.nonzero(x)[1]).sum()), R * D)
