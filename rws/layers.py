@@ -371,7 +371,9 @@ class NADELogits(torch.autograd.Function):
     of x, g and V as contiguous rows; autograd through the unit loop (or the vectorised
     [rows, n_x, H] form) is several times slower on a CPU. The backward pass recovers
     a_i by subtracting x_i W[i], re-anchored every ``anchor`` units at values saved in
-    the forward pass so rounding cannot drift.
+    the forward pass so rounding cannot drift. On CPU float tensors both passes run as
+    ``rws.ar_kernels``' compiled loops instead (the same recursions; the torch loops here
+    are the fallback for other devices, or with RWS_NUMBA=0).
     x: [R, D] (constant), b: [R, D], c: [R, H], W: [D, H], V: [H, D] -> s: [R, D].
     """
 
