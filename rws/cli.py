@@ -278,8 +278,13 @@ def cmd_eval(args) -> None:
             "epoch": epoch,
             "config": cfg, "seed": args.seed, "environment": results.environment(device),
             "per_point": r.per_point.tolist(), "ess": r.ess.tolist()})
-        path.with_name(path.stem + ".partial.pt").unlink(missing_ok=True)
+        _partial(path).unlink(missing_ok=True)       # the record holds it all now
         print(f"eval record: {path}")
+
+
+def _partial(record: Path) -> Path:
+    """Where an unfinished evaluation keeps its progress: beside its record."""
+    return record.with_name(record.stem + ".partial.pt")
 
 
 def _resumable_eval(args, run, path: Path, device):
@@ -290,7 +295,7 @@ def _resumable_eval(args, run, path: Path, device):
 
     from rws import estimate, results
     from rws.train import evaluate
-    partial = path.with_name(path.stem + ".partial.pt")
+    partial = _partial(path)
     results.ensure_writable_dir(path.parent)
     lock = results.lock_run_dir(path.parent, f".{path.stem}.lock", what=f"the evaluation {path}",
                                 fix="wait for it to finish, or stop it, or pass another --json")
