@@ -4,8 +4,10 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
 ``eval-*.json`` (from ``rws eval``) below the given directories, and writes
 
     tables/test_ll.{md,csv}          paper-style: test log p^_K by model and method (the
-                                     best run of each; its largest-K test evaluation)
-    tables/runs.{md,csv}             one row per run: K, epochs, test LL +- SE, s/epoch
+                                     best run of each; its largest-K test evaluation; its
+                                     setting where that is not the modern protocol)
+    tables/runs.{md,csv}             one row per run: K, setting, epochs, test LL +- SE,
+                                     s/epoch
     tables/seconds_per_epoch.{md,csv}
     tables/progress.{md,csv}         every run record, finished or not: status, epochs
                                      done, best validation LL so far, hours so far; and
@@ -14,7 +16,10 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
     tables/published.{md,csv}        ours beside each published number of a
                                      ``published.toml`` (source, status, difference),
                                      and the sources whose tables nobody could read
+    tables/k_curve.{md,csv}          test LL by training K, a row per model/method/setting
+                                     trained at several K, and whether it rises with K
     figures/ll_vs_train_k.{png,svg}  test LL against training K, one line per model/method
+                                     and setting (protocol, learning-rate decay)
     figures/ll_vs_eval_k.{png,svg}   LL against evaluation K (from eval records)
     figures/ll_vs_epoch.{png,svg}    validation LL against epoch, a panel per experiment
                                      (the runs' directory) and model, a line per method/K
@@ -51,6 +56,12 @@ def _label(method: str, options: dict) -> str:
     return "rws (" + "+".join(n for n, on in (("wake", wake), ("sleep", sleep)) if on) + ")"
 
 
+def _setting(cfg: dict) -> str:
+    """The training protocol with any learning-rate decay, e.g. 'modern, lr/1.02^epoch'."""
+    decay = cfg.get("lr_decay", 1.0)
+    return cfg.get("protocol", "modern") + (f", lr/{decay:g}^epoch" if decay != 1.0 else "")
+
+
 def _json_files(paths):
     """(path, parsed object) of every JSON file below paths that holds an object; a
     foreign or half-copied file is not a record and is passed over."""
@@ -74,7 +85,8 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                    "method": _label(cfg["method"], cfg.get("method_options", {}))
                    + (" [bf16 grads]" if cfg.get("grad_precision") == "bfloat16" else ""),
                    "K": cfg["K"], "seed": cfg["seed"], "batch_size": cfg["batch_size"],
-                   "lr": cfg["lr"], "protocol": cfg.get("protocol", "modern"),
+                   "lr": cfg["lr"],
+                   "setting": _setting(cfg),
                    "epochs": rec["epochs_done"], "stopped_by": rec.get("stopped_by"),
                    "train_hours": sum(e["seconds"] for e in rec["epochs"]) / 3600,
                    "valid_hours": sum(e.get("valid_seconds", 0) for e in rec["epochs"]) / 3600,
@@ -129,23 +141,56 @@ def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
     if runs.empty:
         return
     runs = with_largest_eval(runs, evals)
-    cols = ["data", "model", "method", "K", "protocol", "batch_size", "epochs", "stopped_by",
+    cols = ["data", "model", "method", "K", "setting", "batch_size", "epochs", "stopped_by",
             "test_ll", "test_se", "test_k", "seconds_per_epoch", "train_hours",
             "valid_hours", "test_seconds", "parameters", "seed"]
     _write_table(runs[cols].sort_values(["data", "model", "method", "K"]), out, "runs")
     cell = runs.assign(value=runs.test_ll.map("{:.2f}".format) + " ± "
                        + runs.test_se.map("{:.2f}".format) + " (K=" + runs.K.astype(str)
-                       + ", eval K=" + runs.test_k.astype(int).astype(str) + ")")
+                       + ", eval K=" + runs.test_k.astype(int).astype(str)
+                       + runs.setting.map(lambda s: "" if s == "modern" else ", " + s) + ")")
     best = cell.sort_values("test_ll").groupby(["data", "model", "method"]).tail(1)
     paper = best.pivot_table(index=["data", "model"], columns="method", values="value",
                              aggfunc="first").reset_index().fillna("")
     _write_table(paper, out, "test_ll")
     _write_table(by_data_set(runs), out, "by_data_set")
+    curve = k_curve(runs)
+    if not curve.empty:
+        _write_table(curve, out, "k_curve")
     speed = runs.pivot_table(index=["model", "K"], columns="method", values="seconds_per_epoch",
                              aggfunc="median").reset_index()
     _write_table(speed, out, "seconds_per_epoch")
     if not evals.empty:
         _write_table(evals.sort_values(["run", "eval_K"]), out, "ll_vs_eval_k")
+
+
+def k_curve(runs: pd.DataFrame) -> pd.DataFrame:
+    """Sensitivity to the training K: one row per data set, model, method and setting
+    trained at more than one K, one column per K (the best run's test LL ± SE at its
+    evaluation K), and ``monotone``: whether the test LL rises with K at every step
+    (differences within one combined standard error count as ties, "yes (within SE)").
+    ``runs`` as from ``with_largest_eval``."""
+    keys = ["data", "model", "method", "setting"]
+    best = runs.sort_values("test_ll").groupby(keys + ["K"]).tail(1)
+    rows = []
+    for key, g in best.groupby(keys):
+        if g.K.nunique() < 2:
+            continue
+        g = g.sort_values("K")
+        step = g.test_ll.diff().iloc[1:]
+        se = (g.test_se ** 2 + g.test_se.shift() ** 2).pow(0.5).iloc[1:]
+        monotone = ("yes" if (step > 0).all() else
+                    "yes (within SE)" if (step > -se).all() else "no")
+        row = dict(zip(keys, key))
+        row.update({f"K={k}": f"{ll:.2f} ± {s:.2f} (eval K={int(ek)})"
+                    for k, ll, s, ek in zip(g.K, g.test_ll, g.test_se, g.test_k)})
+        row["monotone"] = monotone
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).fillna("")
+    ks = sorted((c for c in table.columns if c.startswith("K=")), key=lambda c: int(c[2:]))
+    return table[keys + ks + ["monotone"]]
 
 
 def by_data_set(runs: pd.DataFrame) -> pd.DataFrame:
@@ -369,7 +414,7 @@ def figures(runs: pd.DataFrame, epochs: pd.DataFrame, evals: pd.DataFrame, out: 
 
     if not runs.empty and runs.groupby(["model", "method"]).K.nunique().max() > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
-        d = runs.assign(series=runs.model + " " + runs.method)
+        d = runs.assign(series=runs.model + " " + runs.method + " (" + runs.setting + ")")
         swept = d.groupby("series").K.transform("nunique") > 1     # only series over K
         sns.lineplot(d[swept], x="K", y="test_ll", hue="series", marker="o", ax=ax, errorbar=None)
         ax.set(xscale="log", xlabel="training samples K", ylabel="test log p^ (nats)",

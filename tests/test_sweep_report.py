@@ -108,9 +108,10 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
     fixture_record(runs / "ws", "sbn:200", "ws", 1, -110.0)
     fixture_record(runs / "wake", "sbn:200", "rws", 5, -97.0, {"sleep_q": False})
     fixture_record(runs / "bf16", "sbn:200", "rws", 5, -95.5, grad_precision="bfloat16")
+    fixture_record(runs / "ref", "sbn:200", "rws", 5, -90.0, protocol="ref", lr_decay=1.02)
     (runs / "junk.json").write_text("{not json")
     summary = report.report([runs], tmp_path / "out")
-    assert summary["runs"] == 6 and summary["evals"] == 18
+    assert summary["runs"] == 7 and summary["evals"] == 21
     assert set(summary["figures"]) == {"ll_vs_train_k", "ll_vs_eval_k", "ll_vs_epoch",
                                        "time_to_quality", "seconds_per_epoch"}
     for name in summary["figures"]:
@@ -119,10 +120,26 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
     table = (tmp_path / "out" / "tables" / "test_ll.md").read_text()
     assert "rws (wake+sleep)" in table and "rws (wake)" in table and "ws" in table
     assert "rws (wake+sleep) [bf16 grads]" in table       # a precision of its own
-    # the best run of each model/method, scored by its largest-K test evaluation
-    assert "-93.00 ± 0.30 (K=25, eval K=1000)" in table
+    # the best run of each model/method, scored by its largest-K test evaluation, with
+    # its protocol where that is not the default
+    assert "-90.00 ± 0.30 (K=5, eval K=1000, ref, lr/1.02^epoch)" in table
     csv = (tmp_path / "out" / "tables" / "runs.csv").read_text().splitlines()
-    assert len(csv) == 1 + 6
+    assert len(csv) == 1 + 7 and "ref, lr/1.02^epoch" in csv[-1] + "".join(csv)
+    # the K curve: one row per series trained at several K; the lone ref run is no curve
+    curve = pd.read_csv(tmp_path / "out" / "tables" / "k_curve.csv", keep_default_na=False)
+    assert curve.to_dict("records") == [{
+        "data": "dna", "model": "sbn:200", "method": "rws (wake+sleep)", "setting": "modern",
+        "K=1": "-100.00 ± 0.30 (eval K=1000)", "K=5": "-95.00 ± 0.30 (eval K=1000)",
+        "K=25": "-93.00 ± 0.30 (eval K=1000)", "monotone": "yes"}]
+
+
+@pytest.mark.parametrize("lls, verdict", [((-100, -95, -93), "yes"),
+                                          ((-100, -95, -95.2), "yes (within SE)"),
+                                          ((-100, -95, -97), "no")])
+def test_the_k_curve_says_whether_the_likelihood_rises_with_k(lls, verdict):
+    runs = pd.DataFrame({"data": "d", "model": "m", "method": "rws", "setting": "modern",
+                         "K": [1, 5, 25], "test_ll": lls, "test_se": 0.3, "test_k": 5000})
+    assert report.k_curve(runs).monotone.tolist() == [verdict]
 
 
 def test_the_data_set_table_has_a_row_per_set_and_a_column_per_model(tmp_path):
