@@ -31,23 +31,25 @@ class WakeSleep(Method):
                             "drop -K, or use --method rws --no-wake-q for K samples")
         self.n_dreams = n_dreams
 
+    def _dreams(self, x) -> int:
+        """Dreams of this update's sleep phase (0: a separate sleep update)."""
+        return 0 if self.separate_sleep else (self.n_dreams or x.shape[0])
+
     def loss(self, x, generator=None):
+        n = self._dreams(x)     # the dreams first, then the wake sample (as ``backward``)
+        sleep = sleep_phi_loss(self.model, n, generator).mean() if n else 0.0
         hs, log_q = self.model.sample_q(x, 1, generator)
         log_p = torch.stack(self.model.log_p_layers(hs)).sum(0)                  # [B]
         train_ll = (log_p - torch.stack(log_q).sum(0)).detach().mean()          # K=1 bound
-        loss = -log_p.mean()
-        if not self.separate_sleep:
-            loss = loss + sleep_phi_loss(self.model, self.n_dreams or x.shape[0], generator).mean()
-        return loss, {"train_ll": train_ll}
+        return -log_p.mean() + sleep, {"train_ll": train_ll}
 
     def backward(self, x, generator=None, scale=1.0):
         if not sbn_gradients.supported(self.model):
             return super().backward(x, generator, scale)
-        props = sbn_gradients.propose(self.model, x, 1, generator)
+        n = self._dreams(x)
+        dreams = self.model.sample_p(n, generator) if n else None
+        props = sbn_gradients.propose(self.model, x, 1, generator, dreams)
         log_p, log_q = props.log_p, props.log_q                                   # [B, 1]
         sbn_gradients.add_wake_gradients(self.model, props, torch.ones_like(log_p), None, scale)
-        if not self.separate_sleep:
-            sbn_gradients.add_sleep_gradients(self.model, self.n_dreams or x.shape[0],
-                                              generator, scale)
         log_w = log_p - log_q
         return (log_w < math.inf).all() & (log_p > -math.inf).all(), {"train_ll": log_w.mean()}

@@ -90,28 +90,31 @@ class RWS(Method):
         self.wake_q, self.sleep_q, self.n_dreams = wake_q, sleep_q, n_dreams
         self.sleep_phase = sleep_q
 
+    def _dreams(self, x) -> int:
+        """Dreams of this update's sleep-Q term (0: none, or a separate sleep update)."""
+        return (self.n_dreams or x.shape[0]) if self.sleep_q and not self.separate_sleep else 0
+
     def loss(self, x, generator=None):
+        n = self._dreams(x)     # the dreams first, then the proposals (as ``backward``)
+        sleep = sleep_phi_loss(self.model, n, generator).mean() if n else 0.0
         log_p, log_q = self.model.log_joint(x, self.K, generator)    # [B, K] each
         w = normalized_weights(log_p - log_q)                        # one softmax for both
         loss = wake_theta_loss(log_p, log_q, w).mean()
         if self.wake_q:
             loss = loss + wake_phi_loss(log_p, log_q, w).mean()
-        if self.sleep_q and not self.separate_sleep:
-            loss = loss + sleep_phi_loss(self.model, self.n_dreams or x.shape[0], generator).mean()
-        return loss, {"train_ll": log_px_estimate(log_p, log_q).mean()}
+        return loss + sleep, {"train_ll": log_px_estimate(log_p, log_q).mean()}
 
     def backward(self, x, generator=None, scale=1.0):
         """The gradient of ``loss``; for sigmoid belief networks in closed form, on the
         same samples (``rws.sbn_gradients``)."""
         if not sbn_gradients.supported(self.model):
             return super().backward(x, generator, scale)
-        props = sbn_gradients.propose(self.model, x, self.K, generator)
+        n = self._dreams(x)
+        dreams = self.model.sample_p(n, generator) if n else None
+        props = sbn_gradients.propose(self.model, x, self.K, generator, dreams)
         log_p, log_q = props.log_p, props.log_q
         w = normalized_weights(log_p - log_q)
         sbn_gradients.add_wake_gradients(self.model, props, w, w if self.wake_q else None, scale)
-        if self.sleep_q and not self.separate_sleep:
-            sbn_gradients.add_sleep_gradients(self.model, self.n_dreams or x.shape[0], generator,
-                                              scale)
         # the loss is finite unless a weight is NaN or +inf (log w = -inf counts for
         # nothing), and then so is the gradient (``rws.sbn_gradients``)
         finite = (log_p - log_q < math.inf).all()

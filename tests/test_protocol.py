@@ -130,8 +130,8 @@ def test_a_separate_sleep_update_leaves_the_wake_gradient_without_sleep():
     wake_only.separate_sleep = True
     loss_both, _ = both.loss(x, torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(1)
+    sleep = sleep_phi_loss(model, 4, g).mean()     # the dreams drawn first, as `both` does
     loss_wake, _ = wake_only.loss(x, g)
-    sleep = sleep_phi_loss(model, 4, g).mean()     # the dreams drawn next, as `both` did
     # without sleep-Q the loss is the combined one less exactly its sleep term
     assert torch.allclose(loss_wake + sleep, loss_both, atol=1e-6)
     assert abs(float(sleep)) > 1e-3
