@@ -1,0 +1,212 @@
+"""Autoregressive layers: DARN (Gregor et al. 2014) and NADE (Larochelle & Murray
+2011), on the compiled loops of ``rws.ar_kernels`` for CPU tensors and on torch loops
+elsewhere."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rws import ar_kernels, rng
+from rws.layers.bernoulli import (bernoulli_log_prob, bernoulli_probs, default_weights,
+                                  match_rows, repeat_rows)
+
+
+def _use_kernels(t: torch.Tensor) -> bool:
+    """The compiled loops (``rws.ar_kernels``) serve CPU float32/float64 tensors."""
+    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+            and ar_kernels.available())
+
+
+def _arrays(*tensors):
+    """Contiguous numpy views (copies where a tensor is strided or broadcast)."""
+    return [t.detach().contiguous().numpy() for t in tensors]
+
+
+class DARN(nn.Module):
+    """Autoregressive SBN (Gregor et al. 2014), top prior (n_y = 0) or conditional:
+    p(x_j = 1 | x_<j, y) = sigmoid(b_j + (y U)_j + sum_{i<j} x_i W_ij).
+
+    log_prob is one masked matrix multiply, x (W * M) with M_ij = 1 iff i < j (strictly
+    upper triangular). Sampling runs over j in the same order, batched over all rows
+    (REF's fast log_prob used the transposed mask and so scored another distribution
+    than it sampled; algorithms.md §11.1).
+    """
+
+    def __init__(self, n_x: int, n_y: int = 0, clamp: bool = False):
+        super().__init__()
+        self.n_x, self.n_y, self.clamp = n_x, n_y, clamp
+        self.b = nn.Parameter(torch.zeros(n_x))
+        scale = 0.5 if n_y == 0 else 1.0
+        self.W = nn.Parameter(scale * default_weights(n_x, n_x, (n_x, n_x)))   # [in i, out j]
+        self.register_buffer("mask", torch.triu(torch.ones(n_x, n_x), 1), persistent=False)
+        self.U = nn.Parameter(default_weights(n_y, n_x, (n_y, n_x))) if n_y else None
+
+    def _base(self, y, n):
+        """b + y U, repeated n times per row: [N*n, n_x] (top: [n, n_x])."""
+        if y is None or self.U is None:
+            return self.b.expand(n, -1)
+        return repeat_rows(y @ self.U + self.b, n)
+
+    def log_prob(self, x, y=None):
+        x, y = match_rows(x, y)
+        logits = self._base(y, 1 if y is not None else x.shape[0]) + x @ (self.W * self.mask)
+        return bernoulli_log_prob(logits, x, self.clamp)
+
+    def sample(self, y, n=1, generator=None, score=True):
+        if _use_kernels(self.W):
+            with torch.no_grad():
+                base = self._base(y, n)
+                u = rng.uniform((self.n_x, base.shape[0]), generator, base.device, base.dtype)
+                x = ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp)
+                x = torch.from_numpy(x)
+            return x, (self.log_prob(x, y) if score else None)
+        with torch.no_grad():
+            accT = self._base(y, n).t().contiguous()       # running logits [n_x, N*n]
+            u = rng.uniform(accT.shape, generator, accT.device, accT.dtype)    # unit j: u[j]
+            xT = torch.empty_like(accT)
+            for j in range(self.n_x):
+                torch.lt(u[j], bernoulli_probs(accT[j], self.clamp), out=xT[j])
+                accT[j + 1:].addr_(self.W[j, j + 1:], xT[j])   # unit j feeds units > j
+            x = xT.t().contiguous()
+        return x, (self.log_prob(x, y) if score else None)
+
+
+class DARNTop(DARN):
+    def __init__(self, n_x: int, clamp: bool = False):
+        super().__init__(n_x, 0, clamp)
+
+
+class NADELogits(torch.autograd.Function):
+    """The logits of a NADE, unit by unit, with a hand-written backward pass.
+
+    forward:  a_0 = c;  for each unit i:  h_i = sigmoid(a_i),  s_i = b_i + h_i . V[:, i],
+              a_{i+1} = a_i + x_i W[i]
+    backward: with g_i = dL/ds_i and d = dL/da_{i+1} running from the last unit down,
+              dW[i] = x_i^T d,  dV[:, i] = h_i^T g_i,  d += (g_i V[:, i]) * h_i (1 - h_i),
+              dc = d at the end,  db = g.
+    Every step works on [rows, H], which stays in cache, updated in place, with the units
+    of x, g and V as contiguous rows; autograd through the unit loop (or the vectorised
+    [rows, n_x, H] form) is several times slower on a CPU. The backward pass recovers
+    a_i by subtracting x_i W[i], re-anchored every ``anchor`` units at values saved in
+    the forward pass so rounding cannot drift. On CPU float tensors both passes run as
+    ``rws.ar_kernels``' compiled loops instead (the same recursions; the torch loops here
+    are the fallback for other devices, or with RWS_NUMBA=0).
+    x: [R, D] (constant), b: [R, D], c: [R, H], W: [D, H], V: [H, D] -> s: [R, D].
+    """
+
+    anchor = 64
+
+    @staticmethod
+    def forward(ctx, x, b, c, W, V, known=None):
+        """``known``: the logits, already computed (by the sampler that drew x)."""
+        if _use_kernels(b):
+            ctx.save_for_backward(x, c, W, V)
+            ctx.kernel = True
+            if known is not None:
+                return known.clone()
+            return torch.from_numpy(ar_kernels.forward(
+                *_arrays(x, b, c, W), _arrays(V.t())[0]))
+        ctx.kernel = False
+        R, D = x.shape
+        xT, VT = x.t().contiguous(), V.t().contiguous()     # [D, R], [D, H]: unit i is a row
+        sT = torch.empty(D, R, dtype=b.dtype, device=b.device)
+        a = c.clone()
+        saved = []
+        for i in range(D):
+            if i % NADELogits.anchor == 0:
+                saved.append(a.clone())
+            torch.mv(torch.sigmoid(a), VT[i], out=sT[i])
+            a.addr_(xT[i], W[i])
+        ctx.save_for_backward(x, W, V, a, *saved)
+        return torch.add(b, sT.t(), out=torch.empty_like(b))
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.kernel:
+            x, c, W, V = ctx.saved_tensors
+            dc, dW, dVT = ar_kernels.backward(*_arrays(x, c, W, V.t(), g))
+            return (None, g, torch.from_numpy(dc), torch.from_numpy(dW),
+                    torch.from_numpy(dVT).t(), None)
+        x, W, V, a, *saved = ctx.saved_tensors
+        R, D = x.shape
+        xT, gT, VT = x.t().contiguous(), g.t().contiguous(), V.t().contiguous()
+        dW, dV = torch.empty_like(W), torch.empty_like(V)
+        d = torch.zeros_like(a)                    # dL/da_{i+1}
+        a = a.clone()                              # (the saved tensors stay intact)
+        for i in range(D - 1, -1, -1):
+            torch.mv(d.t(), xT[i], out=dW[i])
+            if i % NADELogits.anchor == 0:
+                a.copy_(saved[i // NADELogits.anchor])
+            else:
+                a.addr_(xT[i], W[i], alpha=-1)     # a_i from a_{i+1}
+            h = torch.sigmoid(a)
+            dV[:, i] = torch.mv(h.t(), gT[i])
+            hp = torch.addcmul(h, h, h, value=-1).mul_(gT[i][:, None])   # g_i h (1 - h)
+            d.addcmul_(hp, VT[i])                  # += (g_i V[:, i]) * h (1 - h)
+        return None, g, d, dW, dV, None
+
+
+class NADE(nn.Module):
+    """NADE (Larochelle & Murray 2011), top prior (n_y = 0) or conditional:
+    a_i = c' + sum_{m<i} x_m W_m,   p(x_i = 1 | x_<i, y) = sigmoid(b'_i + sigmoid(a_i) . V_:,i)
+    with b' = b + y U_b and c' = c + y U_c for a conditional layer.
+
+    log_prob runs over units with ``NADELogits`` (O(n_x H) per row, [rows, H] working
+    memory); sampling runs over units too, batched over all rows.
+    hidden: H (default n_x for a top prior, min(n_x, n_y) otherwise).
+    """
+
+    def __init__(self, n_x: int, n_y: int = 0, hidden: int | None = None, clamp: bool = False):
+        super().__init__()
+        H = hidden or (n_x if n_y == 0 else min(n_x, n_y))
+        self.n_x, self.n_y, self.H, self.clamp = n_x, n_y, H, clamp
+        self.b = nn.Parameter(torch.zeros(n_x))
+        self.c = nn.Parameter(torch.zeros(H))
+        self.W = nn.Parameter(default_weights(n_x, H, (n_x, H)))
+        self.V = nn.Parameter(default_weights(H, n_x, (H, n_x)))
+        if n_y:
+            self.Ub = nn.Parameter(default_weights(n_y, n_x, (n_y, n_x)))
+            self.Uc = nn.Parameter(default_weights(n_y, H, (n_y, H)))
+
+    def _biases(self, y, n):
+        """(b' [N*n, n_x], c' [N*n, H]); a top prior gives n rows."""
+        if y is None or not self.n_y:
+            return self.b.expand(n, -1), self.c.expand(n, -1)
+        return repeat_rows(y @ self.Ub + self.b, n), repeat_rows(y @ self.Uc + self.c, n)
+
+    def log_prob(self, x, y=None):
+        x, y = match_rows(x, y)
+        b, c = self._biases(y, 1 if y is not None else x.shape[0])
+        logits = NADELogits.apply(x, b, c, self.W, self.V)
+        return bernoulli_log_prob(logits, x, self.clamp)
+
+    def sample(self, y, n=1, generator=None, score=True):
+        if _use_kernels(self.W):
+            with torch.no_grad():
+                b, c = self._biases(y, n)
+                u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)
+                x, s = map(torch.from_numpy, ar_kernels.sample(
+                    *_arrays(b, c, self.W, self.V.t(), u), self.clamp))
+            if not score:
+                return x, None
+            x, y = match_rows(x, y)                       # the scored logits are s: no rerun
+            b, c = self._biases(y, 1 if y is not None else x.shape[0])
+            logits = NADELogits.apply(x, b, c, self.W, self.V, s)
+            return x, bernoulli_log_prob(logits, x, self.clamp)
+        with torch.no_grad():
+            b, c = self._biases(y, n)
+            a = c.clone()                                  # [N*n, H]
+            u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)  # unit i: u[i]
+            bT, VT = b.t().contiguous(), self.V.t().contiguous()
+            xT = torch.empty_like(bT)                      # [n_x, N*n]
+            for i in range(self.n_x):
+                logit = torch.mv(torch.sigmoid(a), VT[i]).add_(bT[i])
+                torch.lt(u[i], bernoulli_probs(logit, self.clamp), out=xT[i])
+                a.addr_(xT[i], self.W[i])
+            x = xT.t().contiguous()
+        return x, (self.log_prob(x, y) if score else None)
+
+
+class NADETop(NADE):
+    def __init__(self, n_x: int, hidden: int | None = None, clamp: bool = False):
+        super().__init__(n_x, 0, hidden, clamp)
