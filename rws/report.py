@@ -62,6 +62,11 @@ def _setting(cfg: dict) -> str:
     return cfg.get("protocol", "modern") + (f", lr/{decay:g}^epoch" if decay != 1.0 else "")
 
 
+def _unless_modern(setting: pd.Series) -> pd.Series:
+    """", <setting>" for a table cell, "" for the default (modern) protocol."""
+    return setting.map(lambda s: "" if s == "modern" else ", " + s)
+
+
 def _json_files(paths):
     """(path, parsed object) of every JSON file below paths that holds an object; a
     foreign or half-copied file is not a record and is passed over."""
@@ -148,7 +153,7 @@ def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
     cell = runs.assign(value=runs.test_ll.map("{:.2f}".format) + " ± "
                        + runs.test_se.map("{:.2f}".format) + " (K=" + runs.K.astype(str)
                        + ", eval K=" + runs.test_k.astype(int).astype(str)
-                       + runs.setting.map(lambda s: "" if s == "modern" else ", " + s) + ")")
+                       + _unless_modern(runs.setting) + ")")
     best = cell.sort_values("test_ll").groupby(["data", "model", "method"]).tail(1)
     paper = best.pivot_table(index=["data", "model"], columns="method", values="value",
                              aggfunc="first").reset_index().fillna("")
@@ -202,7 +207,8 @@ def by_data_set(runs: pd.DataFrame) -> pd.DataFrame:
                        + runs.test_se.map("{:.2f}".format) + " (eval K="
                        + runs.test_k.astype(int).astype(str) + ", "
                        + runs.epochs.astype(int).astype(str) + " ep, "
-                       + runs.train_hours.map("{:.2f}".format) + " h)")
+                       + runs.train_hours.map("{:.2f}".format) + " h"
+                       + _unless_modern(runs.setting) + ")")
     best = cell.sort_values("test_ll").groupby(["data", "model", "method", "K"]).tail(1)
     table = best.pivot_table(index=["data", "method", "K"], columns="model", values="value",
                              aggfunc="first").reset_index().fillna("")

@@ -146,13 +146,14 @@ def test_the_data_set_table_has_a_row_per_set_and_a_column_per_model(tmp_path):
     runs = tmp_path / "runs"
     fixture_record(runs / "dna-sbn", "sbn:200", "rws", 5, -90.0)
     fixture_record(runs / "dna-nade", "nade:200", "rws", 5, -85.0)
-    fixture_record(runs / "adult-sbn", "sbn:200", "rws", 5, -20.0, data="adult")
+    fixture_record(runs / "adult-sbn", "sbn:200", "rws", 5, -20.0, data="adult",
+                   protocol="ref")
     report.report([runs], tmp_path / "out")
     table = pd.read_csv(tmp_path / "out" / "tables" / "by_data_set.csv", keep_default_na=False)
     assert list(table.columns) == ["data", "method", "K", "nade:200", "sbn:200", "best model"]
     assert table.data.tolist() == ["adult", "dna"] and table.K.tolist() == [5, 5]
     adult, dna = table.to_dict("records")
-    assert adult["sbn:200"] == "-20.00 ± 0.30 (eval K=1000, 2 ep, 0.00 h)"
+    assert adult["sbn:200"] == "-20.00 ± 0.30 (eval K=1000, 2 ep, 0.00 h, ref)"
     assert adult["nade:200"] == "" and adult["best model"] == "sbn:200"
     assert dna["nade:200"].startswith("-85.00 ± 0.30") and dna["best model"] == "nade:200"
 
