@@ -1,8 +1,10 @@
 """Result records and checkpoints, always written atomically.
 
 A record is one JSON file per run (``record.json``): the full config, the seed, the
-environment (Python, torch, the project's git commit, device, threads), per-epoch
-metrics and the final test log-likelihood. Every number in a table or figure of the
+environment (Python, torch, the project's git commit, device, threads) of the process
+that wrote it, ``sessions`` (each process that trained the run: the epoch it started
+from and its commit, so a run resumed under newer code says so), per-epoch metrics and
+the final test log-likelihood. Every number in a table or figure of the
 suite comes from one. A checkpoint (``checkpoint.pt``) holds only tensors and plain
 data and is loaded with ``torch.load(weights_only=True)``, so a file from elsewhere
 cannot run code.
@@ -137,13 +139,16 @@ def lock_holder(path: Path, name: str = LOCK) -> str | None:
     return None
 
 
-def git_commit() -> str | None:
-    """The commit of the source tree the package runs from, if it is a git checkout."""
-    here = Path(rws.__file__).resolve().parent
+def git_commit(here: str | Path | None = None) -> str | None:
+    """The commit of the source tree the package runs from (``here``: a directory in it),
+    if it is a git checkout; "+dirty" when a tracked file outside ``results/`` differs
+    from it (the records that running sweeps rewrite there are not source)."""
+    here = Path(here) if here is not None else Path(rws.__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":(top)", ":(top,exclude)results"],
                                cwd=here, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None

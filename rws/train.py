@@ -267,7 +267,12 @@ class Trainer:
             "data": {"name": cfg.data, "train": n_train, "dim": n_data,
                      "valid": len(self.splits["valid"]), "test": len(self.splits["test"])},
         }
+        # the code this process runs was loaded now: its commit, not that of a later save
+        self.environment = results.environment(self.device)
+        self.sessions: list[dict] = []    # each process that trained it: from which epoch, what code
         self._resume_if_possible()
+        self.sessions.append({"from_epoch": self.epoch,
+                              "git_commit": self.environment["git_commit"]})
 
     # -- checkpoints -------------------------------------------------------------
     def _state(self) -> dict:
@@ -286,6 +291,7 @@ class Trainer:
             "steps_done": self.steps_done,
             "sample_gen": self.sample_gen.get_state(),
             "shuffle_gen": self.shuffle_gen.get_state(),
+            "sessions": self.sessions,
         }
 
     def _resume_if_possible(self) -> None:
@@ -313,13 +319,14 @@ class Trainer:
         self.sample_gen.set_state(state["sample_gen"].cpu() if self.device.type == "cpu"
                                   else state["sample_gen"])
         self.shuffle_gen.set_state(state["shuffle_gen"].cpu())
+        self.sessions = state.get("sessions", [])
         self.resumed_from = self.epoch
 
     def _save(self, extra: dict | None = None, checkpoint: bool = True) -> dict:
         record = {**self.record_base, "status": self.status, "epochs_done": self.epoch,
                   "epochs": self.history, "best_epoch": self.best["epoch"],
                   "best_valid_ll": self.best["valid_ll"], "skipped_steps": self.total_skipped,
-                  "environment": results.environment(self.device), **(extra or {})}
+                  "environment": self.environment, "sessions": self.sessions, **(extra or {})}
         if checkpoint:
             results.save_checkpoint(self.out / CHECKPOINT, self._state())
         results.write_json(self.out / RECORD, record)

@@ -1,5 +1,6 @@
 """The training loop: learning happens, runs resume exactly, faults are contained."""
 import json
+import subprocess
 
 import pytest
 import torch
@@ -56,6 +57,34 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     a = json.loads((tmp_path / "a" / "record.json").read_text())["epochs"]
     b = json.loads((tmp_path / "b" / "record.json").read_text())["epochs"]
     assert [e["train_ll"] for e in a] == [e["train_ll"] for e in b]
+
+
+def test_a_record_names_the_code_of_every_process_that_trained_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "git_commit", lambda: "aaa")
+    Trainer(small_config(epochs=1), tmp_path).run(quiet)
+    monkeypatch.setattr(results, "git_commit", lambda: "bbb+dirty")
+    Trainer(small_config(epochs=2), tmp_path).run(quiet)
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["sessions"] == [{"from_epoch": 0, "git_commit": "aaa"},
+                                  {"from_epoch": 1, "git_commit": "bbb+dirty"}]
+    assert record["environment"]["git_commit"] == "bbb+dirty"
+
+
+def test_the_commit_is_dirty_for_changed_source_not_for_changed_records(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "src.py").write_text("a = 1\n")
+    (tmp_path / "results" / "record.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / "results" / "record.json").write_text('{"epochs": 1}\n')   # a running sweep
+    assert results.git_commit(tmp_path / "results") == head
+    (tmp_path / "src.py").write_text("a = 2\n")
+    assert results.git_commit(tmp_path) == head + "+dirty"
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
