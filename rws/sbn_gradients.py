@@ -30,8 +30,9 @@ log p and log q (RWS, ``rws.rws``: w~ for both; wake-sleep: 1 for log p; VIMCO,
 K = 5). Dreams drawn before the proposals and handed to ``propose`` share each Q
 layer's GEMMs with them: Q's logits on data and dreams come from one product, and the
 wake-Q and sleep-Q gradients of a layer from one G^T y, so each Q weight matrix is
-read once per step for both (an RWS step on SBN 200 at batch 25, K = 5: 9-11% faster
-in interleaved runs, where the two phases' products have only 25 rows each).
+read once per step for both (RWS K = 5 on SBN 200, interleaved runs on a loaded
+machine: 4-12% faster at batch 25, where the two phases' products have only 25 rows
+each, 3-5% at batch 100; on SBN 200-200 within the noise).
 ``add_sleep_gradients`` is the sleep-Q gradient alone (a separate sleep update). NVIL
 keeps autograd: its baseline networks need it anyway, and the closed form measured no
 faster there.
@@ -62,6 +63,12 @@ def _add(param: torch.Tensor, grad: torch.Tensor) -> None:
 def _rows(*parts: torch.Tensor) -> torch.Tensor:
     """The parts stacked along rows (the one part itself, not a copy, when alone)."""
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _sleep_grad(q_probs: torch.Tensor, dreams: list, l: int, scale: float) -> torch.Tensor:
+    """dL/dc_l = (sigmoid(c_l) - h_{l+1}) scale / n of the sleep-Q loss on n dreams, from
+    Q layer l's sigmoids on them, q_probs [n, n_{l+1}]."""
+    return (q_probs - dreams[l + 1]).mul_(scale / dreams[0].shape[0])
 
 
 def _add_linear_grads(layer: SBN, G: torch.Tensor, y: torch.Tensor) -> None:
@@ -168,8 +175,7 @@ def add_wake_gradients(model, props: Proposals, p_weights: torch.Tensor,
             Gs.append(G.reshape(-1, layer.n_x))
             ys.append(hs[l].reshape(-1, layer.n_y))
         if dreams is not None:
-            n = dreams[0].shape[0]
-            Gs.append((props.dream_q_probs[l] - dreams[l + 1]).mul_(scale / n))   # [n, n]
+            Gs.append(_sleep_grad(props.dream_q_probs[l], dreams, l, scale))   # [n, n]
             ys.append(dreams[l])
         if Gs:
             _add_linear_grads(layer, _rows(*Gs), _rows(*ys))
@@ -181,6 +187,6 @@ def add_sleep_gradients(model, n: int, generator, scale: float = 1.0) -> None:
     (x, h) ~ p: dL/dc_l = (sigmoid(c_l) - h_{l+1}) scale / n."""
     dreams = model.sample_p(n, generator)                         # [x [n, D], h_1, ..., h_L]
     for l, layer in enumerate(model.q_layers):
-        G = torch.sigmoid(layer.logits(dreams[l])).sub_(dreams[l + 1]).mul_(scale / n)
+        G = _sleep_grad(torch.sigmoid(layer.logits(dreams[l])), dreams, l, scale)
         _add_linear_grads(layer, G, dreams[l])
 
