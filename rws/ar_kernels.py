@@ -8,7 +8,12 @@ A NADE layer (``rws.layers.NADE``) computes, for each row and each unit i in ord
 which in torch is a Python loop of [rows, H] operations per unit: for MNIST's 784
 pixels that is thousands of small operations per step, each a pass over memory. Here
 one compiled loop runs per block of rows with a_i in cache, skips the rank-1 update
-where x_i = 0 (most pixels), and fuses the sigmoid into the loop that uses it. In float32
+where x_i = 0 (most pixels), and fuses the sigmoid into the loop that uses it. Where
+x_i = 0, a_{i+1} = a_i, so h = sigmoid(a) is kept and evaluated again only after a
+unit x_i = 1 (on binarized MNIST about one pixel in eight): against evaluating it at
+every unit, the logits of 125 rows x 784 pixels (H = 200) took 4.3 instead of 21 ms,
+their backward pass 24 instead of 32 ms, and a NADE/NADE RWS step at batch 25
+x1.43-1.46 less time (A/B in one process, loaded machine). In float32
 the exponential is one that vectorises (range reduction to 2^n 2^f, a degree-6 Taylor
 polynomial for 2^f: error below float32's unit roundoff, 6e-8 relative); float64 uses
 the library exponential. The kernels run on one thread (numba's; torch's thread count
@@ -89,20 +94,27 @@ def _build(exp_neg, ftype):
     @_jit
     def walk(b, c, W, VT, uT, clamp, draw, x, s):
         """The logits s of x, unit by unit: x given, or (draw) each x_i drawn from its
-        logit as [u_i < sigmoid(s_i)] before it feeds the later units."""
+        logit as [u_i < sigmoid(s_i)] before it feeds the later units. h = sigmoid(a)
+        is evaluated again only after a unit x_i != 0 has changed a."""
         R, D = b.shape
         H = c.shape[1]
-        a, p = np.empty((BLOCK, H), c.dtype), np.empty(H, c.dtype)
+        a, h = np.empty((BLOCK, H), c.dtype), np.empty((BLOCK, H), c.dtype)
+        p, stale = np.empty(H, c.dtype), np.empty(BLOCK, np.bool_)
         bits, ones = np.empty(H, np.int32), np.ones(H, c.dtype)
         for r0 in range(0, R, BLOCK):
             rows = min(BLOCK, R - r0)
             a[:rows] = c[r0:r0 + rows]
+            stale[:] = True
             for i in range(D):
                 for j in range(rows):
-                    scale = exp_neg(a[j], p, bits, ones)
+                    if stale[j]:
+                        scale = exp_neg(a[j], p, bits, ones)
+                        for k in range(H):
+                            h[j, k] = one / (one + p[k] * scale[k])
+                        stale[j] = False
                     acc = zero
                     for k in range(H):                      # sigmoid(a_i) . V[:, i]
-                        acc += VT[i, k] / (one + p[k] * scale[k])
+                        acc += VT[i, k] * h[j, k]
                     logit = b[r0 + j, i] + acc
                     s[r0 + j, i] = logit
                     if draw:
@@ -114,13 +126,15 @@ def _build(exp_neg, ftype):
                     if xi != 0:
                         for k in range(H):
                             a[j, k] += xi * W[i, k]
+                        stale[j] = True
 
     @_jit
     def backward(x, c, W, VT, g, dc, dW, dVT):
         R, D = x.shape
         H = c.shape[1]
         a, d = np.empty((BLOCK, H), c.dtype), np.empty((BLOCK, H), c.dtype)
-        p = np.empty(H, c.dtype)
+        h, dh = np.empty((BLOCK, H), c.dtype), np.empty((BLOCK, H), c.dtype)
+        p, stale = np.empty(H, c.dtype), np.empty(BLOCK, np.bool_)
         anchors = np.empty((D // ANCHOR + 1, BLOCK, H), c.dtype)
         bits, ones = np.empty(H, np.int32), np.ones(H, c.dtype)
         dW[:] = 0
@@ -137,6 +151,7 @@ def _build(exp_neg, ftype):
                         for k in range(H):
                             a[j, k] += xi * W[i, k]
             d[:rows] = 0                           # dL/da_{i+1}, from the last unit down
+            stale[:] = True                        # h = sigmoid(a_i), dh = h (1 - h)
             for i in range(D - 1, -1, -1):
                 for j in range(rows):
                     xi = x[r0 + j, i]
@@ -145,16 +160,23 @@ def _build(exp_neg, ftype):
                             dW[i, k] += xi * d[j, k]
                     if i % ANCHOR == 0:            # a_i: re-anchored, or a_{i+1} - x_i W[i]
                         a[j] = anchors[i // ANCHOR, j]
+                        stale[j] = True
                     elif xi != 0:
                         for k in range(H):
                             a[j, k] -= xi * W[i, k]
+                        stale[j] = True
                     gi = g[r0 + j, i]
                     if gi != 0:
-                        scale = exp_neg(a[j], p, bits, ones)
+                        if stale[j]:
+                            scale = exp_neg(a[j], p, bits, ones)
+                            for k in range(H):
+                                hk = one / (one + p[k] * scale[k])
+                                h[j, k] = hk
+                                dh[j, k] = hk * (one - hk)
+                            stale[j] = False
                         for k in range(H):
-                            hk = one / (one + p[k] * scale[k])
-                            dVT[i, k] += gi * hk
-                            d[j, k] += gi * VT[i, k] * hk * (one - hk)
+                            dVT[i, k] += gi * h[j, k]
+                            d[j, k] += gi * VT[i, k] * dh[j, k]
             dc[r0:r0 + rows] = d[:rows]
 
     @_jit
@@ -200,20 +222,32 @@ def _count(vector_flops: int, sigmoids: int) -> None:
         on_work(int(vector_flops), int(sigmoids))
 
 
+def _sigmoid_rows(x, anchored: bool) -> int:
+    """How many times the kernels evaluate h = sigmoid(a) over H units: once per row at
+    the start of its walk, then after each unit x_i != 0 that feeds a later unit (and
+    at every re-anchoring, walking down)."""
+    R, D = x.shape
+    if not anchored:
+        return R + np.count_nonzero(x[:, :-1])
+    at_anchor = np.arange(D - 1) % ANCHOR == 0
+    return R * (1 + int(at_anchor.sum())) + np.count_nonzero(x[:, :-1][:, ~at_anchor])
+
+
 def forward(x, b, c, W, VT):
     s = np.empty_like(b)
     _for(b.dtype)[0](b, c, W, VT, np.empty((0, 0), b.dtype), False, False, x, s)
     R, D, H = *x.shape, c.shape[1]
-    _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, R * D * H)
+    _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
     return s
 
 
 def backward(x, c, W, VT, g):
     dc, dW, dVT = np.empty_like(c), np.empty_like(W), np.empty_like(VT)
     _for(c.dtype)[1](x, c, W, VT, g, dc, dW, dVT)
-    R, D, H = *x.shape, c.shape[1]
+    H = c.shape[1]
     # the updates up and down again, dW where x_i != 0, dVT and d where g_i != 0
-    _count(3 * 2 * np.count_nonzero(x) * H + 2 * 2 * np.count_nonzero(g) * H, R * D * H)
+    _count(3 * 2 * np.count_nonzero(x) * H + 2 * 2 * np.count_nonzero(g) * H,
+           _sigmoid_rows(x, True) * H)
     return dc, dW, dVT
 
 
@@ -221,7 +255,7 @@ def sample(b, c, W, VT, uT, clamp: bool):
     x, s = np.empty_like(b), np.empty_like(b)
     _for(b.dtype)[0](b, c, W, VT, uT, bool(clamp), True, x, s)
     R, D, H = *b.shape, c.shape[1]
-    _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, R * D * H + R * D)
+    _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H + R * D)
     return x, s
 
 

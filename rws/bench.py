@@ -15,8 +15,10 @@ hand-derived one, so no wasted multiply inflates the rate. Evaluation counts the
 products that its exact int8 path (``rws.int8``) replaces.
 
 Autoregressive layers (NADE, DARN) spend their time elsewhere: unit by unit, in
-matrix-vector products and rank-1 updates, and in one sigmoid per unit and hidden unit.
-Their floor counts what one step executes (``count_work``: the matrix FLOPs, the
+matrix-vector products and rank-1 updates, and in the sigmoids of NADE's hidden units
+(one per unit and hidden unit in the torch loops; the compiled kernels evaluate them
+again only where a unit x_i = 1 changed the hidden pre-activations, so sparse data such
+as MNIST's pixels needs several times fewer). Their floor counts what one step executes (``count_work``: the matrix FLOPs, the
 matrix-vector FLOPs and the transcendental evaluations, sigmoid, exp, log, ...) and
 divides by rates measured in the same process:
 

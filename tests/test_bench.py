@@ -178,18 +178,24 @@ def test_floor_divides_each_count_by_its_rate():
 
 
 def test_work_counts_what_the_compiled_ar_kernels_do():
-    """The kernels skip the rank-1 update where x_i = 0: R D H sigmoids and dot products,
-    and an update of H per nonzero x_i; the backward pass runs the updates up and down
-    again, one more per nonzero x_i (dW), and two H-vector updates per nonzero g_i."""
+    """The kernels skip the rank-1 update where x_i = 0: R D H dot products, and an
+    update of H per nonzero x_i; the backward pass runs the updates up and down again,
+    one more per nonzero x_i (dW), and two H-vector updates per nonzero g_i. They
+    evaluate the H hidden sigmoids once per row and again only where a changed: after
+    each x_i = 1 that feeds a later unit (forward); walking down, at each x_i = 1 below
+    the last unit and at each re-anchoring (unit 0 here, D < 64)."""
     pytest.importorskip("numba")
     D, H, R = 7, 5, 11
     nade = layers.NADE(D, 0, hidden=H)
     x = torch.bernoulli(torch.full((R, D), 0.3))
+    x[0], x[1] = 0, 1
     nnz = int(x.count_nonzero())
     with torch.no_grad():
         work = bench.count_work(lambda: nade.log_prob(x))
-    assert work == bench.Work(0, 2 * R * D * H + 2 * nnz * H, R * D * H + R * D)
+    evaluations_up = R + int(x[:, :D - 1].count_nonzero())
+    assert work == bench.Work(0, 2 * R * D * H + 2 * nnz * H, evaluations_up * H + R * D)
     grad = bench.count_work(lambda: nade.log_prob(x).sum().backward())
     # backward: g = dL/ds = x - sigmoid(s) is nonzero everywhere
     assert grad.vector_flops == work.vector_flops + 6 * nnz * H + 4 * R * D * H
-    assert grad.transcendentals == 2 * R * D * H + 2 * R * D
+    evaluations_down = R + R + int(x[:, 1:D - 1].count_nonzero())
+    assert grad.transcendentals == (evaluations_up + evaluations_down) * H + 2 * R * D
