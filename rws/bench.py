@@ -440,12 +440,16 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
             ratio = calibrated_seconds(by_name[small]) / calibrated_seconds(by_name[large])
             batch_ratios[small.replace(" B=25", "")] = ratio
             log(f"epoch time, batch 25 / batch 100, {small.replace(' B=25', '')}: x{ratio:.2f}")
-    kernel_speedups = {}
-    for name, loops in by_name.items():
-        if name.endswith(TORCH_LOOPS) and name[:-len(TORCH_LOOPS)] in by_name:
-            base = name[:-len(TORCH_LOOPS)]
+    kernel_speedups, of_dense_floor = {}, {}
+    for case_name, loops in by_name.items():
+        if case_name.endswith(TORCH_LOOPS) and case_name[:-len(TORCH_LOOPS)] in by_name:
+            base = case_name[:-len(TORCH_LOOPS)]
             kernel_speedups[base] = calibrated_seconds(loops) / calibrated_seconds(by_name[base])
-            log(f"compiled kernels against torch loops, {base}: x{kernel_speedups[base]:.2f} faster")
+            # the floor of the arithmetic as the torch loops do it (NADE: a sigmoid per unit
+            # and hidden unit), against the kernels' step, which skips some of it
+            of_dense_floor[base] = loops.floor_seconds / by_name[base].seconds_per_step
+            log(f"compiled kernels against torch loops, {base}: x{kernel_speedups[base]:.2f} "
+                f"faster; {of_dense_floor[base]:.1%} of the torch loops' floor")
     if not wanted or any(w in "eval" for w in wanted):
         ev = time_evaluation("sbn:200", test_x[:100 if quick else 200], 1000, calibrate, device)
         rows.append(ev)
@@ -462,7 +466,8 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
             f"({scaling['deviation']:+.1%})")
     out = {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
            "matmul_gflops": peak, "rows": [asdict(r) for r in rows], "k_scaling": scaling,
-           "batch25_over_batch100": batch_ratios, "kernel_speedup": kernel_speedups}
+           "batch25_over_batch100": batch_ratios, "kernel_speedup": kernel_speedups,
+           "kernel_of_torch_loops_floor": of_dense_floor}
     if pyro and device.type == "cpu" and not wanted:
         for key, dreams, what in (("pyro", 1, "100 dreams (the same work)"),
                                   ("pyro_default", None, "Pyro's default 500 dreams")):
