@@ -18,9 +18,9 @@ Autoregressive layers (NADE, DARN) spend their time elsewhere: unit by unit, in
 matrix-vector products and rank-1 updates, and in the sigmoids of NADE's hidden units
 (one per unit and hidden unit in the torch loops; the compiled kernels evaluate them
 again only where a unit x_i = 1 changed the hidden pre-activations, so sparse data such
-as MNIST's pixels needs several times fewer). Their floor counts what one step executes (``count_work``: the matrix FLOPs, the
-matrix-vector FLOPs and the transcendental evaluations, sigmoid, exp, log, ...) and
-divides by rates measured in the same process:
+as MNIST's pixels needs several times fewer). Their floor counts what one step executes
+(``count_work``: the matrix FLOPs, the matrix-vector FLOPs and the transcendental
+evaluations, sigmoid, exp, log, ...) and divides by rates measured in the same process:
 
     floor = (matrix FLOPs + matrix-vector FLOPs) / matmul rate
             + transcendental evaluations / large-tensor torch.sigmoid rate
