@@ -297,6 +297,7 @@ class Trainer:
     def _resume_if_possible(self) -> None:
         path = self.out / CHECKPOINT
         if not path.exists():
+            self._keep_record_without_checkpoint()
             return
         state = results.load_checkpoint(path, map_location=self.device)
         # a field added since the run began holds its default, which is what the run did
@@ -321,6 +322,24 @@ class Trainer:
         self.shuffle_gen.set_state(state["shuffle_gen"].cpu())
         self.sessions = state.get("sessions", [])
         self.resumed_from = self.epoch
+
+    def _keep_record_without_checkpoint(self) -> None:
+        """A record with no checkpoint beside it (the checkpoint was deleted, or the record
+        came from a clean checkout, where checkpoints are not committed) cannot be resumed:
+        the run starts again at epoch 0, and the old record is kept beside it as
+        ``record.superseded-<UTC time>.json`` instead of being overwritten."""
+        old = self.out / RECORD
+        if not old.exists():
+            return
+        try:
+            done = results.read_json(old).get("epochs_done", "?")
+        except UserError:           # a truncated record is kept all the same
+            done = "?"
+        kept = old.with_name(time.strftime("record.superseded-%Y%m%dT%H%M%SZ.json", time.gmtime()))
+        old.rename(kept)
+        warnings.warn(f"{self.out} has a record ({done} epochs) but no {CHECKPOINT}, so it cannot "
+                      f"resume: the run starts again at epoch 0 and the old record is kept as "
+                      f"{kept.name}", stacklevel=3)
 
     def _save(self, extra: dict | None = None, checkpoint: bool = True) -> dict:
         record = {**self.record_base, "status": self.status, "epochs_done": self.epoch,

@@ -59,6 +59,20 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     assert [e["train_ll"] for e in a] == [e["train_ll"] for e in b]
 
 
+def test_a_record_without_its_checkpoint_is_kept_when_the_run_starts_again(tmp_path):
+    """As in a clean checkout: the record was committed, the checkpoint was not."""
+    Trainer(small_config(epochs=2), tmp_path).run(quiet)
+    first = (tmp_path / "record.json").read_text()
+    (tmp_path / "checkpoint.pt").unlink()
+    with pytest.warns(UserWarning, match=r"\(2 epochs\) but no checkpoint.pt.*starts again"):
+        again = Trainer(small_config(epochs=1), tmp_path)
+    assert again.epoch == 0
+    again.run(quiet)
+    [kept] = tmp_path.glob("record.superseded-*.json")
+    assert kept.read_text() == first
+    assert json.loads((tmp_path / "record.json").read_text())["epochs_done"] == 1
+
+
 def test_a_record_names_the_code_of_every_process_that_trained_it(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "git_commit", lambda: "aaa")
     Trainer(small_config(epochs=1), tmp_path).run(quiet)
