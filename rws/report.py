@@ -62,6 +62,17 @@ def _setting(cfg: dict) -> str:
     return cfg.get("protocol", "modern") + (f", lr/{decay:g}^epoch" if decay != 1.0 else "")
 
 
+def _ll_se(ll: float, se: float) -> str:
+    """"ll ± se" to 0.01 nats; a standard error below 0.005 keeps one significant digit
+    instead of printing as 0.00 (connect4's 47,557 test points give 0.005)."""
+    return f"{ll:.2f} ± " + (f"{se:.2f}" if se >= 0.005 else f"{se:.1g}")
+
+
+def _ll_se_column(runs: pd.DataFrame) -> pd.Series:
+    return pd.Series([_ll_se(a, b) for a, b in zip(runs.test_ll, runs.test_se)],
+                     index=runs.index, dtype=object)
+
+
 def _unless_modern(setting: pd.Series) -> pd.Series:
     """", <setting>" for a table cell, "" for the default (modern) protocol."""
     return setting.map(lambda s: "" if s == "modern" else ", " + s)
@@ -150,8 +161,7 @@ def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
             "test_ll", "test_se", "test_k", "seconds_per_epoch", "train_hours",
             "valid_hours", "test_seconds", "parameters", "seed"]
     _write_table(runs[cols].sort_values(["data", "model", "method", "K"]), out, "runs")
-    cell = runs.assign(value=runs.test_ll.map("{:.2f}".format) + " ± "
-                       + runs.test_se.map("{:.2f}".format) + " (K=" + runs.K.astype(str)
+    cell = runs.assign(value=_ll_se_column(runs) + " (K=" + runs.K.astype(str)
                        + ", eval K=" + runs.test_k.astype(int).astype(str)
                        + _unless_modern(runs.setting) + ")")
     best = cell.sort_values("test_ll").groupby(["data", "model", "method"]).tail(1)
@@ -187,7 +197,7 @@ def k_curve(runs: pd.DataFrame) -> pd.DataFrame:
         monotone = ("yes" if (step > 0).all() else
                     "yes (within SE)" if (step > -se).all() else "no")
         row = dict(zip(keys, key))
-        row.update({f"K={k}": f"{ll:.2f} ± {s:.2f} (eval K={int(ek)})"
+        row.update({f"K={k}": f"{_ll_se(ll, s)} (eval K={int(ek)})"
                     for k, ll, s, ek in zip(g.K, g.test_ll, g.test_se, g.test_k)})
         row["monotone"] = monotone
         rows.append(row)
@@ -203,8 +213,7 @@ def by_data_set(runs: pd.DataFrame) -> pd.DataFrame:
     method and training K, one column per model, each cell the best run's test LL with
     its evaluation K, epochs and training hours; ``best model`` names the column that
     leads the row. ``runs`` as from ``with_largest_eval``."""
-    cell = runs.assign(value=runs.test_ll.map("{:.2f}".format) + " ± "
-                       + runs.test_se.map("{:.2f}".format) + " (eval K="
+    cell = runs.assign(value=_ll_se_column(runs) + " (eval K="
                        + runs.test_k.astype(int).astype(str) + ", "
                        + runs.epochs.astype(int).astype(str) + " ep, "
                        + runs.train_hours.map("{:.2f}".format) + " h"
@@ -376,7 +385,7 @@ def published_table(runs: pd.DataFrame, evals: pd.DataFrame, path: str | Path,
         row = {"data": e["data"], "model": e["model"], "method": e["method"], "K": e["K"]}
         if len(match):
             best = match.sort_values("test_ll").iloc[-1]
-            row.update(ours=f"{best.test_ll:.2f} ± {best.test_se:.2f}",
+            row.update(ours=_ll_se(best.test_ll, best.test_se),
                        ours_eval_k=int(best.test_k), epochs=int(best.epochs),
                        train_hours=round(float(best.train_hours), 2),
                        difference=round(float(best.test_ll) - e["test_ll"], 2))

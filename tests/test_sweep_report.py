@@ -142,6 +142,12 @@ def test_the_k_curve_says_whether_the_likelihood_rises_with_k(lls, verdict):
     assert report.k_curve(runs).monotone.tolist() == [verdict]
 
 
+@pytest.mark.parametrize("se, shown", [(0.3, "0.30"), (0.005, "0.01"), (0.0048, "0.005"),
+                                        (0.00004, "4e-05")])
+def test_a_small_standard_error_does_not_print_as_zero(se, shown):
+    assert report._ll_se(-11.9747, se) == f"-11.97 ± {shown}"
+
+
 def test_the_data_set_table_has_a_row_per_set_and_a_column_per_model(tmp_path):
     runs = tmp_path / "runs"
     fixture_record(runs / "dna-sbn", "sbn:200", "rws", 5, -90.0)
