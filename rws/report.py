@@ -156,6 +156,7 @@ def with_largest_eval(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
 def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
     if runs.empty:
         return
+    curve = k_curve(runs, evals)          # at one evaluation K per row, not each run's largest
     runs = with_largest_eval(runs, evals)
     cols = ["data", "model", "method", "K", "setting", "batch_size", "epochs", "stopped_by",
             "test_ll", "test_se", "test_k", "seconds_per_epoch", "train_hours",
@@ -169,7 +170,6 @@ def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
                              aggfunc="first").reset_index().fillna("")
     _write_table(paper, out, "test_ll")
     _write_table(by_data_set(runs), out, "by_data_set")
-    curve = k_curve(runs)
     if not curve.empty:
         _write_table(curve, out, "k_curve")
     speed = runs.pivot_table(index=["model", "K"], columns="method", values="seconds_per_epoch",
@@ -179,19 +179,39 @@ def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
         _write_table(evals.sort_values(["run", "eval_K"]), out, "ll_vs_eval_k")
 
 
-def k_curve(runs: pd.DataFrame) -> pd.DataFrame:
+def _test_estimates(runs: pd.DataFrame, evals: pd.DataFrame | None) -> dict:
+    """{run: {eval K: (ll, se)}}: each run's record test and its ``rws eval`` test records."""
+    found = {r.run: {int(r.test_k): (r.test_ll, r.test_se)} for r in runs.itertuples()}
+    if evals is not None and not evals.empty:
+        for e in evals[evals.split == "test"].itertuples():
+            if e.run in found:
+                found[e.run][int(e.eval_K)] = (e.ll, e.se)
+    return found
+
+
+def k_curve(runs: pd.DataFrame, evals: pd.DataFrame | None = None) -> pd.DataFrame:
     """Sensitivity to the training K: one row per data set, model, method and setting
-    trained at more than one K, one column per K (the best run's test LL ± SE at its
-    evaluation K), and ``monotone``: whether the test LL rises with K at every step
-    (differences within one combined standard error count as ties, "yes (within SE)").
-    ``runs`` as from ``with_largest_eval``."""
+    trained at more than one K, one column per K (the best run's test LL ± SE), and
+    ``monotone``: whether the test LL rises with K at every step (differences within one
+    combined standard error count as ties, "yes (within SE)").
+
+    A row compares its cells at one evaluation K, the largest that all of them were
+    tested at (record tests and ``rws eval`` records alike): the estimate rises with the
+    evaluation K, so a cell tested at a larger K alone would lift its step. Without a
+    common K each cell shows its largest. ``runs``: the records' own tests (as from
+    ``load_records``)."""
     keys = ["data", "model", "method", "setting"]
-    best = runs.sort_values("test_ll").groupby(keys + ["K"]).tail(1)
+    tested = _test_estimates(runs, evals)
     rows = []
-    for key, g in best.groupby(keys):
+    for key, g in runs.groupby(keys):
         if g.K.nunique() < 2:
             continue
-        g = g.sort_values("K")
+        common = set.intersection(*(set(tested[r]) for r in g.run))
+        at = lambda r: max(common) if common else max(tested[r])   # noqa: E731
+        g = g.assign(test_k=[at(r) for r in g.run],
+                     test_ll=[tested[r][at(r)][0] for r in g.run],
+                     test_se=[tested[r][at(r)][1] for r in g.run])
+        g = g.sort_values("test_ll").groupby("K").tail(1).sort_values("K")
         step = g.test_ll.diff().iloc[1:]
         se = (g.test_se ** 2 + g.test_se.shift() ** 2).pow(0.5).iloc[1:]
         monotone = ("yes" if (step > 0).all() else

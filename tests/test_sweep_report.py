@@ -137,9 +137,27 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
                                           ((-100, -95, -95.2), "yes (within SE)"),
                                           ((-100, -95, -97), "no")])
 def test_the_k_curve_says_whether_the_likelihood_rises_with_k(lls, verdict):
-    runs = pd.DataFrame({"data": "d", "model": "m", "method": "rws", "setting": "modern",
-                         "K": [1, 5, 25], "test_ll": lls, "test_se": 0.3, "test_k": 5000})
+    runs = pd.DataFrame({"run": ["a", "b", "c"], "data": "d", "model": "m", "method": "rws",
+                         "setting": "modern", "K": [1, 5, 25], "test_ll": lls, "test_se": 0.3,
+                         "test_k": 5000})
     assert report.k_curve(runs).monotone.tolist() == [verdict]
+
+
+def test_the_k_curve_compares_its_cells_at_one_evaluation_k():
+    # K=5 was also tested at K=100,000 (1.2 nats higher): the curve keeps it at the
+    # K=5,000 that all three cells share, so its step is not lifted by the larger K
+    runs = pd.DataFrame({"run": ["a", "b", "c"], "data": "d", "model": "m", "method": "rws",
+                         "setting": "modern", "K": [1, 5, 10], "test_ll": [-112.5, -104.0, -102.9],
+                         "test_se": 0.3, "test_k": 5000})
+    evals = pd.DataFrame({"run": ["b"], "split": ["test"], "eval_K": [100000],
+                          "ll": [-102.8], "se": [0.3]})
+    row = report.k_curve(runs, evals).iloc[0]
+    assert row["K=5"] == "-104.00 ± 0.30 (eval K=5000)" and row.monotone == "yes"
+    # without a common K each cell shows its largest
+    evals = pd.DataFrame({"run": ["a", "b", "c"], "split": "test", "eval_K": [1000, 100000, 2000],
+                          "ll": [-112.0, -102.8, -102.5], "se": 0.3})
+    runs = runs.assign(test_k=[10, 20, 30])
+    assert report.k_curve(runs, evals).iloc[0]["K=5"] == "-102.80 ± 0.30 (eval K=100000)"
 
 
 @pytest.mark.parametrize("se, shown", [(0.3, "0.30"), (0.005, "0.01"), (0.0048, "0.005"),
