@@ -196,3 +196,24 @@ def test_gaussian_samples_have_the_layer_moments_and_reparameterise():
     zr, _ = layer.sample(y, 4, torch.Generator().manual_seed(0), reparam=True)
     zr.sum().backward()
     assert layer.mu.weight.grad is not None                   # pathwise gradient
+
+
+@pytest.mark.parametrize("name", COND_LAYERS)
+def test_x_given_once_per_point_scores_as_x_repeated(name):
+    """log_prob(x [N], y [N*n]) (P's data term under n proposals per point) equals the
+    score of x repeated n times, in value and in every parameter's gradient."""
+    layer = randomised(COND_LAYERS[name], seed=2, scale=1.0)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(3, N_X, generator=g) < 0.5).float()
+    y = (torch.rand(3 * 4, N_Y, generator=g) < 0.5).float()
+    grads = []
+    for xs in (x, x.repeat_interleave(4, 0)):
+        layer.zero_grad()
+        lp = layer.log_prob(xs, y)
+        (lp * torch.arange(12.0)).sum().backward()        # a different weight per row
+        grads.append([p.grad.clone() for p in layer.parameters()])
+        if xs is x:
+            once = lp.detach()
+    assert torch.allclose(once, lp.detach(), atol=1e-5)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
