@@ -50,10 +50,9 @@ class DARN(nn.Module):
     def log_prob(self, x, y=None):
         # the autoregressive term x (W * M) depends on x alone: where x is given once per
         # point for n contexts each (P's data term under K proposals), it is computed once
-        # per point and repeated, and its weight gradient x^T G sums G over the n rows
-        # first (a DARN 200 RWS step at K = 5: that GEMM pair on 1/K of the rows)
-        n = y.shape[0] // x.shape[0] if y is not None and y.shape[0] > x.shape[0] else 1
-        auto = repeat_rows(x @ (self.W * self.mask), n)                 # [N*n, n_x]
+        # per point and repeated as x is, and its weight gradient x^T G sums G over the n
+        # rows first (a DARN 200 RWS step at K = 5: that GEMM pair on 1/K of the rows)
+        auto, _ = match_rows(x @ (self.W * self.mask), y)               # [rows, n_x]
         x, y = match_rows(x, y)
         logits = self._base(y, 1 if y is not None else x.shape[0]) + auto
         return bernoulli_log_prob(logits, x, self.clamp)
