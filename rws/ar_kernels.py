@@ -22,7 +22,10 @@ does not apply to them).
     forward(x, b, c, W, VT) -> s                      the logits  [R, D]
     backward(x, c, W, VT, g) -> (dc, dW, dVT)          with g = dL/ds
     sample(b, c, W, VT, uT, clamp) -> (x, s)           x_i = [u_i < p(x_i = 1 | x_<i)]
-    darn_sample(base, W, uT, clamp) -> x               DARN (its log_prob is one GEMM)
+    darn_sample(base, W, uT, clamp) -> (x, auto)       DARN: auto = x (W * M), its log_prob's GEMM
+
+(the samplers compare each logit with ``draw_thresholds(uT, clamp)``, the uniforms'
+logits, rather than each uniform with a probability)
 
 Shapes: x, b, s, g [R, D]; c [R, H]; W, VT [D, H] (VT = V^T, unit i's weights a row);
 uT [D, R], the uniforms unit-major as the torch sampler draws them, so both paths give
@@ -89,13 +92,13 @@ def _build(exp_neg, ftype):
     rows in blocks of ``BLOCK``: unit i's weights (W[i], VT[i], and dW[i], dVT[i] in
     the backward pass) are loaded once per block instead of once per row."""
     exp_neg = _jit(exp_neg)
-    zero, one, clamp_a, clamp_b = ftype(0), ftype(1), ftype(0.9999), ftype(5e-6)
+    zero, one = ftype(0), ftype(1)
 
     @_jit
-    def walk(b, c, W, VT, uT, clamp, draw, x, s):
+    def walk(b, c, W, VT, tT, draw, x, s):
         """The logits s of x, unit by unit: x given, or (draw) each x_i drawn from its
-        logit as [u_i < sigmoid(s_i)] before it feeds the later units. h = sigmoid(a)
-        is evaluated again only after a unit x_i != 0 has changed a."""
+        logit as [s_i > t_i] (``draw_thresholds``) before it feeds the later units.
+        h = sigmoid(a) is evaluated again only after a unit x_i != 0 has changed a."""
         R, D = b.shape
         H = c.shape[1]
         a, h = np.empty((BLOCK, H), c.dtype), np.empty((BLOCK, H), c.dtype)
@@ -118,10 +121,7 @@ def _build(exp_neg, ftype):
                     logit = b[r0 + j, i] + acc
                     s[r0 + j, i] = logit
                     if draw:
-                        q = one / (one + np.exp(-logit))
-                        if clamp:
-                            q = clamp_a * q + clamp_b
-                        x[r0 + j, i] = one if uT[i, r0 + j] < q else zero
+                        x[r0 + j, i] = one if logit > tT[i, r0 + j] else zero
                     xi = x[r0 + j, i]
                     if xi != 0:
                         for k in range(H):
@@ -180,20 +180,21 @@ def _build(exp_neg, ftype):
             dc[r0:r0 + rows] = d[:rows]
 
     @_jit
-    def darn_sample(base, W, uT, clamp, x):
+    def darn_sample(base, W, tT, x, auto):
         R, D = base.shape
-        acc = np.empty((BLOCK, D), base.dtype)
+        acc = np.empty((BLOCK, D), base.dtype)        # sum_{i<j} x_i W[i, j] so far
         for r0 in range(0, R, BLOCK):
             rows = min(BLOCK, R - r0)
-            acc[:rows] = base[r0:r0 + rows]
+            acc[:rows] = 0
             for j in range(D):
                 for m in range(rows):
-                    p = one / (one + np.exp(-acc[m, j]))
-                    if clamp:
-                        p = clamp_a * p + clamp_b
-                    if uT[j, r0 + m] < p:
+                    auto[r0 + m, j] = acc[m, j]       # unit j's term, final from here on
+                    if base[r0 + m, j] + acc[m, j] > tT[j, r0 + m]:
                         x[r0 + m, j] = one
-                        for k in range(j + 1, D):       # unit j feeds the units after it
+                        # unit j feeds the units after it; the unsigned index tells LLVM
+                        # that no negative index wraps around, so the loop vectorises
+                        # (signed, it ran scalar: 25 x 784 pixels 1.9 instead of 0.4 ms)
+                        for k in range(np.uint64(j + 1), np.uint64(D)):
                             acc[m, k] += W[j, k]
                     else:
                         x[r0 + m, j] = zero
@@ -233,9 +234,27 @@ def _sigmoid_rows(x, anchored: bool) -> int:
     return R * (1 + int(at_anchor.sum())) + np.count_nonzero(x[:, :-1][:, ~at_anchor])
 
 
+def draw_thresholds(uT, clamp: bool):
+    """The logit thresholds t of uniforms u: [u < p] = [a > t] for p = sigmoid(a),
+    t = log(u / (1 - u)); for the clamped p = 0.9999 sigmoid(a) + 5e-6 (the original
+    code's), t = logit((u - 5e-6) / 0.9999), -inf below 0 (always drawn) and +inf
+    above 1 (never). One vectorised logarithm per draw here spares the kernels a
+    scalar exponential per draw inside their loops over units: a DARN's sampler,
+    25 x 784 MNIST pixels, took half the time."""
+    u = uT.astype(uT.dtype, copy=True)
+    if clamp:
+        u -= uT.dtype.type(5e-6)
+        u /= uT.dtype.type(0.9999)
+        np.clip(u, 0, 1, out=u)
+    with np.errstate(divide="ignore"):
+        t = np.log(u / (1 - u))
+    _count(0, t.size)
+    return t
+
+
 def forward(x, b, c, W, VT):
     s = np.empty_like(b)
-    _for(b.dtype)[0](b, c, W, VT, np.empty((0, 0), b.dtype), False, False, x, s)
+    _for(b.dtype)[0](b, c, W, VT, np.empty((0, 0), b.dtype), False, x, s)
     R, D, H = *x.shape, c.shape[1]
     _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
     return s
@@ -253,18 +272,19 @@ def backward(x, c, W, VT, g):
 
 def sample(b, c, W, VT, uT, clamp: bool):
     x, s = np.empty_like(b), np.empty_like(b)
-    _for(b.dtype)[0](b, c, W, VT, uT, bool(clamp), True, x, s)
+    _for(b.dtype)[0](b, c, W, VT, draw_thresholds(uT, clamp), True, x, s)
     R, D, H = *b.shape, c.shape[1]
-    _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H + R * D)
+    _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
     return x, s
 
 
 def darn_sample(base, W, uT, clamp: bool):
-    """A DARN's draws: x_j = [u_j < sigmoid(base_j + sum_{i<j} x_i W[i, j])], unit by
-    unit (base = b + y U: [R, D]; W [D, D], input i to output j)."""
-    x = np.empty_like(base)
-    _for(base.dtype)[2](base, W, uT, bool(clamp), x)
+    """A DARN's draws x_j = [u_j < sigmoid(base_j + auto_j)] unit by unit, and their
+    autoregressive terms auto_j = sum_{i<j} x_i W[i, j] (base = b + y U: [R, D];
+    W [D, D], input i to output j): (x, auto)."""
+    x, auto = np.empty_like(base), np.empty_like(base)
+    _for(base.dtype)[2](base, W, draw_thresholds(uT, clamp), x, auto)
     if on_work is not None:
         R, D = base.shape
-        _count(2 * int((D - 1 - np.nonzero(x)[1]).sum()), R * D)
-    return x
+        _count(2 * int((D - 1 - np.nonzero(x)[1]).sum()), 0)
+    return x, auto

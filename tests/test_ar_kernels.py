@@ -92,10 +92,12 @@ def test_samples_follow_the_exact_probabilities(path, dtype, family):
             assert chi_square_pvalue(x, cond.log_prob(X, y.expand(len(X), -1))) > 1e-4
 
 
-def test_scored_samples_carry_gradients_to_every_parameter():
-    """sample(score=True) reuses the sampler's logits; its log-probability still
-    differentiates to what log_prob's does."""
-    layer = randomised(lambda: layers.NADE(12, N_Y, hidden=4), seed=5)
+@pytest.mark.parametrize("family", ["nade", "darn"])
+def test_scored_samples_carry_gradients_to_every_parameter(family):
+    """sample(score=True) reuses the sampler's logits (NADE) or autoregressive term
+    (DARN); its log-probability still differentiates to what log_prob's does."""
+    make = {"nade": lambda: layers.NADE(12, N_Y, hidden=4), "darn": lambda: layers.DARN(12, N_Y)}
+    layer = randomised(make[family], seed=5)
     y = contexts()[[2, 3]]
     x, log_p = layer.sample(y, 6, torch.Generator().manual_seed(1))
     got = torch.autograd.grad(log_p.sum(), list(layer.parameters()))

@@ -135,6 +135,23 @@ def test_darn_conditions_each_unit_on_earlier_units_only():
     assert layer.log_prob(x).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_darn_triangular_product_differentiates_as_the_masked_product():
+    """TriangularProduct's hand-written backward (dW masked in place, dx) against
+    autograd through x (W * M), in float64."""
+    from rws.layers.autoregressive import TriangularProduct
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.triu(torch.ones(5, 5, dtype=torch.float64), 1)
+    assert torch.autograd.gradcheck(lambda x, W: TriangularProduct.apply(x, W, mask), (x, W))
+    G = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((TriangularProduct.apply(x, W, mask) * G).sum(), (x, W))
+    want = torch.autograd.grad((x @ (W * mask) * G).sum(), (x, W))
+    for h, w in zip(got, want):
+        assert torch.allclose(h, w)
+    assert not got[1].tril().any()                  # nothing reaches the masked weights
+
+
 def test_nade_log_prob_matches_its_definition_unit_by_unit():
     layer = randomised(lambda: layers.NADE(N_X, N_Y, hidden=3), seed=7)
     x, y = all_states(N_X)[[5, 10]], contexts()[[2, 7]]

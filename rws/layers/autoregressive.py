@@ -8,7 +8,7 @@ from torch import nn
 
 from rws import ar_kernels, rng
 from rws.layers.bernoulli import (bernoulli_log_prob, bernoulli_probs, default_weights,
-                                  match_rows, repeat_rows)
+                                  repeat_rows)
 
 
 def _use_kernels(t: torch.Tensor) -> bool:
@@ -20,6 +20,35 @@ def _use_kernels(t: torch.Tensor) -> bool:
 def _arrays(*tensors):
     """Contiguous numpy views (copies where a tensor is strided or broadcast)."""
     return [t.detach().contiguous().numpy() for t in tensors]
+
+
+def _rows(x, y):
+    """(rows, x's repeats, y's repeats): x [N*n] with y [N], x [N] with y [N*n], or
+    equal rows (y None: x's rows, a top prior)."""
+    rows = x.shape[0] if y is None else max(x.shape[0], y.shape[0])
+    return rows, rows // x.shape[0], (rows if y is None else rows // y.shape[0])
+
+
+class TriangularProduct(torch.autograd.Function):
+    """x (W * M) for a DARN's strictly upper-triangular mask M: [R, D] -> [R, D].
+
+    backward: dW = (x^T G) * M, masked in place, and dx = G (W * M)^T where x needs it.
+    ``known``: the product, already computed (by the sampler that drew x).
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, mask, known=None):
+        ctx.save_for_backward(x, W, mask)
+        if known is not None:
+            return known.clone()
+        return x @ (W * mask)
+
+    @staticmethod
+    def backward(ctx, G):
+        x, W, mask = ctx.saved_tensors
+        dx = G @ (W * mask).t() if ctx.needs_input_grad[0] else None
+        dW = torch.mm(x.t(), G).mul_(mask) if ctx.needs_input_grad[1] else None
+        return dx, dW, None, None
 
 
 class DARN(nn.Module):
@@ -47,24 +76,26 @@ class DARN(nn.Module):
             return self.b.expand(n, -1)
         return repeat_rows(y @ self.U + self.b, n)
 
-    def log_prob(self, x, y=None):
-        # the autoregressive term x (W * M) depends on x alone: where x is given once per
-        # point for n contexts each (P's data term under K proposals), it is computed once
-        # per point and repeated as x is, and its weight gradient x^T G sums G over the n
-        # rows first (a DARN 200 RWS step at K = 5: that GEMM pair on 1/K of the rows)
-        auto, _ = match_rows(x @ (self.W * self.mask), y)               # [rows, n_x]
-        x, y = match_rows(x, y)
-        logits = self._base(y, 1 if y is not None else x.shape[0]) + auto
-        return bernoulli_log_prob(logits, x, self.clamp)
+    def log_prob(self, x, y=None, known=None):
+        """log p(x | y) [rows]; x or y may be given once per point (``_rows``).
+        ``known``: x (W * M), already computed (by the sampler that drew x)."""
+        # the autoregressive term x (W * M) depends on x alone, and b + y U on y alone:
+        # each is computed on its own rows and repeated to the other's (P's data term
+        # under K proposals: the x (W * M) GEMM pair on 1/K of the rows; Q's scoring of
+        # its K draws: y U on 1/K of them)
+        rows, nx, ny = _rows(x, y)
+        auto = repeat_rows(TriangularProduct.apply(x, self.W, self.mask, known), nx)
+        logits = self._base(y, ny) + auto                                  # [rows, n_x]
+        return bernoulli_log_prob(logits, repeat_rows(x, nx), self.clamp)
 
     def sample(self, y, n=1, generator=None, score=True):
         if _use_kernels(self.W):
             with torch.no_grad():
                 base = self._base(y, n)
                 u = rng.uniform((self.n_x, base.shape[0]), generator, base.device, base.dtype)
-                x = ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp)
-                x = torch.from_numpy(x)
-            return x, (self.log_prob(x, y) if score else None)
+                x, auto = map(torch.from_numpy,
+                              ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp))
+            return x, (self.log_prob(x, y, auto) if score else None)
         with torch.no_grad():
             accT = self._base(y, n).t().contiguous()       # running logits [n_x, N*n]
             u = rng.uniform(accT.shape, generator, accT.device, accT.dtype)    # unit j: u[j]
@@ -179,10 +210,14 @@ class NADE(nn.Module):
             return self.b.expand(n, -1), self.c.expand(n, -1)
         return repeat_rows(y @ self.Ub + self.b, n), repeat_rows(y @ self.Uc + self.c, n)
 
-    def log_prob(self, x, y=None):
-        x, y = match_rows(x, y)
-        b, c = self._biases(y, 1 if y is not None else x.shape[0])
-        logits = NADELogits.apply(x, b, c, self.W, self.V)
+    def log_prob(self, x, y=None, known=None):
+        """log p(x | y) [rows]; x or y may be given once per point (``_rows``: y's biases
+        are computed on y's rows, then repeated). ``known``: the logits, already
+        computed (by the sampler that drew x)."""
+        rows, nx, ny = _rows(x, y)
+        x = repeat_rows(x, nx)
+        b, c = self._biases(y, ny)
+        logits = NADELogits.apply(x, b, c, self.W, self.V, known)
         return bernoulli_log_prob(logits, x, self.clamp)
 
     def sample(self, y, n=1, generator=None, score=True):
@@ -192,12 +227,7 @@ class NADE(nn.Module):
                 u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)
                 x, s = map(torch.from_numpy, ar_kernels.sample(
                     *_arrays(b, c, self.W, self.V.t(), u), self.clamp))
-            if not score:
-                return x, None
-            x, y = match_rows(x, y)                       # the scored logits are s: no rerun
-            b, c = self._biases(y, 1 if y is not None else x.shape[0])
-            logits = NADELogits.apply(x, b, c, self.W, self.V, s)
-            return x, bernoulli_log_prob(logits, x, self.clamp)
+            return x, (self.log_prob(x, y, s) if score else None)   # scored: s, no rerun
         with torch.no_grad():
             b, c = self._biases(y, n)
             a = c.clone()                                  # [N*n, H]
