@@ -22,11 +22,11 @@ def _arrays(*tensors):
     return [t.detach().contiguous().numpy() for t in tensors]
 
 
-def _rows(x, y):
-    """(rows, x's repeats, y's repeats): x [N*n] with y [N], x [N] with y [N*n], or
-    equal rows (y None: x's rows, a top prior)."""
+def _repeats(x, y):
+    """(x's repeats, y's repeats) to a common number of rows: x [N*n] with y [N],
+    x [N] with y [N*n], or equal rows (y None, a top prior: (1, x's rows))."""
     rows = x.shape[0] if y is None else max(x.shape[0], y.shape[0])
-    return rows, rows // x.shape[0], (rows if y is None else rows // y.shape[0])
+    return rows // x.shape[0], (rows if y is None else rows // y.shape[0])
 
 
 class TriangularProduct(torch.autograd.Function):
@@ -76,26 +76,29 @@ class DARN(nn.Module):
             return self.b.expand(n, -1)
         return repeat_rows(y @ self.U + self.b, n)
 
-    def log_prob(self, x, y=None, known=None):
-        """log p(x | y) [rows]; x or y may be given once per point (``_rows``).
-        ``known``: x (W * M), already computed (by the sampler that drew x)."""
+    def log_prob(self, x, y=None):
+        """log p(x | y) [rows]; x or y may be given once per point (``_repeats``)."""
         # the autoregressive term x (W * M) depends on x alone, and b + y U on y alone:
         # each is computed on its own rows and repeated to the other's (P's data term
         # under K proposals: the x (W * M) GEMM pair on 1/K of the rows; Q's scoring of
         # its K draws: y U on 1/K of them)
-        rows, nx, ny = _rows(x, y)
-        auto = repeat_rows(TriangularProduct.apply(x, self.W, self.mask, known), nx)
+        nx, ny = _repeats(x, y)
+        auto = repeat_rows(TriangularProduct.apply(x, self.W, self.mask), nx)
         logits = self._base(y, ny) + auto                                  # [rows, n_x]
         return bernoulli_log_prob(logits, repeat_rows(x, nx), self.clamp)
 
     def sample(self, y, n=1, generator=None, score=True):
         if _use_kernels(self.W):
+            with torch.set_grad_enabled(score and torch.is_grad_enabled()):
+                base = self._base(y, n)        # [N*n, n_x]; its graph kept for the score
             with torch.no_grad():
-                base = self._base(y, n)
                 u = rng.uniform((self.n_x, base.shape[0]), generator, base.device, base.dtype)
                 x, auto = map(torch.from_numpy,
                               ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp))
-            return x, (self.log_prob(x, y, auto) if score else None)
+            if not score:
+                return x, None
+            auto = TriangularProduct.apply(x, self.W, self.mask, auto)     # no rerun
+            return x, bernoulli_log_prob(base + auto, x, self.clamp)
         with torch.no_grad():
             accT = self._base(y, n).t().contiguous()       # running logits [n_x, N*n]
             u = rng.uniform(accT.shape, generator, accT.device, accT.dtype)    # unit j: u[j]
@@ -210,24 +213,27 @@ class NADE(nn.Module):
             return self.b.expand(n, -1), self.c.expand(n, -1)
         return repeat_rows(y @ self.Ub + self.b, n), repeat_rows(y @ self.Uc + self.c, n)
 
-    def log_prob(self, x, y=None, known=None):
-        """log p(x | y) [rows]; x or y may be given once per point (``_rows``: y's biases
-        are computed on y's rows, then repeated). ``known``: the logits, already
-        computed (by the sampler that drew x)."""
-        rows, nx, ny = _rows(x, y)
+    def log_prob(self, x, y=None):
+        """log p(x | y) [rows]; x or y may be given once per point (``_repeats``: y's biases
+        are computed on y's rows, then repeated)."""
+        nx, ny = _repeats(x, y)
         x = repeat_rows(x, nx)
         b, c = self._biases(y, ny)
-        logits = NADELogits.apply(x, b, c, self.W, self.V, known)
+        logits = NADELogits.apply(x, b, c, self.W, self.V)
         return bernoulli_log_prob(logits, x, self.clamp)
 
     def sample(self, y, n=1, generator=None, score=True):
         if _use_kernels(self.W):
+            with torch.set_grad_enabled(score and torch.is_grad_enabled()):
+                b, c = self._biases(y, n)      # [N*n, n_x], [N*n, H]; graphs kept to score
             with torch.no_grad():
-                b, c = self._biases(y, n)
                 u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)
                 x, s = map(torch.from_numpy, ar_kernels.sample(
                     *_arrays(b, c, self.W, self.V.t(), u), self.clamp))
-            return x, (self.log_prob(x, y, s) if score else None)   # scored: s, no rerun
+            if not score:
+                return x, None
+            logits = NADELogits.apply(x, b, c, self.W, self.V, s)      # s: no rerun
+            return x, bernoulli_log_prob(logits, x, self.clamp)
         with torch.no_grad():
             b, c = self._biases(y, n)
             a = c.clone()                                  # [N*n, H]
