@@ -241,11 +241,8 @@ def draw_thresholds(uT, clamp: bool):
     above 1 (never). One vectorised logarithm per draw here spares the kernels a
     scalar exponential per draw inside their loops over units: a DARN's sampler,
     25 x 784 MNIST pixels, took half the time."""
-    u = uT.astype(uT.dtype, copy=True)
-    if clamp:
-        u -= uT.dtype.type(5e-6)
-        u /= uT.dtype.type(0.9999)
-        np.clip(u, 0, 1, out=u)
+    f = uT.dtype.type
+    u = np.clip((uT - f(5e-6)) / f(0.9999), f(0), f(1)) if clamp else uT
     with np.errstate(divide="ignore"):
         t = np.log(u / (1 - u))
     _count(0, t.size)

@@ -1,6 +1,7 @@
 """The compiled kernels of NADE and DARN (rws.ar_kernels) against the vectorised
 definition and the torch loops, in float32 and float64, and their samples against
 exact probabilities."""
+import numpy as np
 import pytest
 import torch
 
@@ -68,6 +69,26 @@ def test_kernels_draw_what_the_torch_loops_draw(monkeypatch, dtype, clamp, famil
     agree = (xk == xt).all(1)
     assert agree.float().mean() >= (1.0 if dtype == torch.float64 else 0.99)
     assert torch.allclose(lk[agree], lt[agree], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("clamp", [False, True])
+def test_draw_thresholds_decide_as_the_probabilities_do(dtype, clamp):
+    """[a > t(u)] against [u < p(a)] in float64 from the definition (p = sigmoid(a), or the
+    original code's clamped 0.9999 sigmoid(a) + 5e-6), on uniforms that include 0, the
+    clamp's ends and values near 1, where the decision is not within a rounding."""
+    from rws.ar_kernels import draw_thresholds
+    u = np.array([0.0, 1e-7, 4e-6, 5e-6, 6e-6, 0.1, 0.5, 0.73, 0.999, 0.99999, 0.9999999])
+    a = np.linspace(-20, 20, 401)
+    p = 1 / (1 + np.exp(-a))
+    if clamp:
+        p = 0.9999 * p + 5e-6
+    want = u[:, None] < p[None, :]
+    t = draw_thresholds(u[:, None].astype(dtype), clamp).astype(np.float64)
+    got = a[None, :] > t
+    near = np.abs(u[:, None] - p[None, :]) < 1e-6      # a float32 rounding of u or p
+    assert (got == want)[~near].all()
+    assert (got == want).mean() > 0.99
 
 
 FAMILIES = {"nade": (lambda: layers.NADETop(N_X, hidden=3), lambda: layers.NADE(N_X, N_Y, hidden=3)),
