@@ -7,6 +7,8 @@ Spec grammar::
 
 SIZES lists the latent layers bottom-up: ``200-200-10`` is x <- 200 <- 200 <- 10 with
 the 10-unit layer as the top prior (the CLI convention of Bornschein & Bengio's code).
+Their paper lists layers from the top instead: its "SBN 10-100-200-300-400" is
+``sbn:400-300-200-100-10`` here.
 OPTIONS is ``[key=value,...]``. Examples::
 
     sbn:200-200-10                 deep sigmoid belief net, SBN Q
