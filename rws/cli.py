@@ -6,8 +6,10 @@ fix, and exit code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from rws import allocator
@@ -436,9 +438,21 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
             "datasets": cmd_datasets}
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """The suite's own warnings as one line, like its errors (others keep their source)."""
+    if issubclass(category, UserWarning) and str(filename).startswith(_PACKAGE_DIR):
+        return f"rws: warning: {message}\n"
+    return _python_warning(message, category, filename, lineno, line)
+
+
+_python_warning = warnings.formatwarning
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     allocator.retain_freed_memory()
+    warnings.formatwarning = _one_line_warning
     try:
         COMMANDS[args.command](args)
     except UserError as e:

@@ -230,3 +230,11 @@ def test_an_interrupted_eval_continues_where_it_stopped(run_dir, tmp_path):
     assert "continuing the evaluation" in p.stdout and not partial.exists()
     whole, cut = (json.loads(f.read_text()) for f in (tmp_path / "whole.json", out))
     assert cut["per_point"] == whole["per_point"] and cut["ll"] == whole["ll"]
+
+
+def test_the_suites_warnings_print_as_one_line_and_others_keep_their_source():
+    from rws import cli, zoo
+    ours = cli._one_line_warning("spec lists layers from the data up", UserWarning, zoo.__file__, 160)
+    assert ours == "rws: warning: spec lists layers from the data up\n"
+    theirs = cli._one_line_warning("leaked semaphore", UserWarning, "/usr/lib/python3/x.py", 7)
+    assert theirs.startswith("/usr/lib/python3/x.py:7: UserWarning: leaked semaphore")

@@ -1,8 +1,11 @@
 """The Helmholtz machine: dreams follow p(x, h); K samples are laid out per point."""
+import warnings
+
 import pytest
 import torch
 from scipy import stats
 
+from rws import zoo
 from tests.conftest import tiny_model
 from tests.exact import all_states, latent_grid
 
@@ -50,3 +53,16 @@ def test_latent_grid_covers_every_state_once():
     model = tiny_model("sbn:2-3")
     grid = torch.cat(latent_grid(model), 1)
     assert grid.shape == (32, 5) and torch.unique(grid, dim=0).shape[0] == 32
+
+
+def test_a_widening_stack_warns_that_sizes_run_from_the_data_up():
+    """The paper's "SBN 10-100-200-300-400" lists layers from the top; written as a spec it
+    puts 10 units next to the pixels (a run of it stalled at -153 nats), so building such
+    a stack names the pyramid the user probably meant."""
+    with pytest.warns(UserWarning, match=r"write 'sbn:400-300-200-100-10'"):
+        zoo.build("sbn:10-100-200-300-400", 784)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zoo.build("sbn:400-300-200-100-10", 784)
+        zoo.build("sbn:200-200-10", 784)
+        zoo.build("sbn:2-3", 5)            # two layers: too common in small models to flag
