@@ -438,15 +438,15 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
             "datasets": cmd_datasets}
 
 
+_python_warning = warnings.formatwarning
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """The suite's own warnings as one line, like its errors (others keep their source)."""
     if issubclass(category, UserWarning) and str(filename).startswith(_PACKAGE_DIR):
         return f"rws: warning: {message}\n"
     return _python_warning(message, category, filename, lineno, line)
-
-
-_python_warning = warnings.formatwarning
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def main(argv: list[str] | None = None) -> int:

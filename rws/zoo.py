@@ -22,10 +22,9 @@ OPTIONS is ``[key=value,...]``. Examples::
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
@@ -162,7 +161,7 @@ def build(spec: str | Spec, n_data: int) -> HelmholtzMachine:
     """A Helmholtz machine for data of ``n_data`` binary units."""
     s = parse(spec) if isinstance(spec, str) else spec
     if len(s.sizes) > 2 and all(a < b for a, b in zip(s.sizes, s.sizes[1:])):
-        pyramid = dataclasses.replace(s, sizes=s.sizes[::-1])
+        pyramid = replace(s, sizes=s.sizes[::-1])
         warnings.warn(f"model spec '{s}' lists its layers from the data up: its {s.sizes[0]}-unit "
                       f"layer is next to the data and its {s.sizes[-1]}-unit layer is the top "
                       f"prior; for the widest layer next to the data (the notation of papers "
