@@ -444,7 +444,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """The suite's own warnings as one line, like its errors (others keep their source)."""
-    if issubclass(category, UserWarning) and str(filename).startswith(_PACKAGE_DIR):
+    if issubclass(category, UserWarning) and str(filename).startswith(_PACKAGE_DIR + os.sep):
         return f"rws: warning: {message}\n"
     return _python_warning(message, category, filename, lineno, line)
 
