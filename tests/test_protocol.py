@@ -108,7 +108,7 @@ def test_modern_protocol_adds_sleep_to_every_update_with_adam_lrs(tmp_path):
     assert not t.method.separate_sleep
 
 
-@pytest.mark.parametrize("spec", ["sbn:3-2", "darn:3"])   # closed form, autograd
+@pytest.mark.parametrize("spec", ["sbn:3-2", "darn:3-2", "nade[hidden=4]:3"])   # closed form x2, autograd
 def test_sleep_backward_is_the_gradient_of_the_sleep_loss(spec):
     from rws.rws import RWS
     model = tiny_model(spec)

@@ -30,6 +30,14 @@ def grads_of(module, backward, x, seed, scale=1.0, parts=1):
     ("sbn:6-4", 8, "ws", 1, {"n_dreams": 7}),
     ("sbn:20", 30, "vimco", 5, {}),
     ("sbn:6-4-3", 8, "vimco", 3, {}),
+    ("darn:20", 30, "rws", 5, {}),
+    ("darn:6-4-3", 8, "rws", 4, {}),
+    ("darn:6-4-3", 8, "rws", 3, {"wake_q": False}),
+    ("darn:6-4-3", 8, "rws", 3, {"sleep_q": False}),
+    ("darn:6-4", 8, "ws", 1, {"n_dreams": 7}),
+    ("darn:20", 30, "vimco", 5, {}),
+    ("sbn/darn:6-4", 8, "rws", 3, {}),
+    ("darn/sbn:6-4", 8, "rws", 3, {}),
 ])
 @pytest.mark.parametrize("parts", [1, 2])
 def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K, options, parts):
@@ -47,9 +55,16 @@ def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K
         assert sa["train_ll"].item() == pytest.approx(sc["train_ll"].item(), rel=1e-6)
 
 
-@pytest.fixture
-def model():
-    return tiny_model("sbn:3-2", n_data=5, seed=11, q_scale=0.5)
+def test_darn_closed_form_equals_autograd_on_the_torch_loops(monkeypatch):
+    """Without the compiled sampler (other devices), DARN's draws come from torch loops
+    that give no autoregressive term: the closed form computes it."""
+    monkeypatch.setenv("RWS_NUMBA", "0")
+    test_closed_form_equals_autograd_on_the_same_samples("darn:6-4-3", 8, "rws", 4, {}, 1)
+
+
+@pytest.fixture(params=["sbn:3-2", "darn:3-2"])
+def model(request):
+    return tiny_model(request.param, n_data=5, seed=11, q_scale=0.5)
 
 
 def test_closed_form_wake_p_approaches_grad_log_px(model):
@@ -100,8 +115,8 @@ def test_closed_form_wake_q_and_sleep_q_approach_their_exact_gradients(model):
         assert ((est - exact).abs() < 5 * se + 1e-6).all() and rel_err(est, exact) < 0.03
 
 
-@pytest.mark.parametrize("spec", ["darn:3", "nade[hidden=4]:3", "sbn[clamp=1]:3", "sbn/darn:3-2",
-                                  "dsbn[hidden=4]:3", "gauss:2"])
+@pytest.mark.parametrize("spec", ["nade[hidden=4]:3", "sbn[clamp=1]:3", "darn[clamp=1]:3",
+                                  "sbn/nade[hidden=4]:3-2", "dsbn[hidden=4]:3", "gauss:2"])
 def test_other_layer_families_use_autograd(spec):
     assert not sbn_gradients.supported(zoo.build(spec, 5))
 
@@ -145,11 +160,12 @@ def test_autograd_backward_reports_a_nonfinite_gradient_of_a_finite_loss():
     assert all(torch.equal(a, p) for a, p in zip(before, m.parameters()))
 
 
+@pytest.mark.parametrize("spec", ["sbn:6-4-3", "darn:6-4-3"])
 @pytest.mark.parametrize("method,K", [("rws", 4), ("ws", 1), ("vimco", 4)])
-def test_closed_form_gradient_is_finite_when_reported_finite(method, K):
+def test_closed_form_gradient_is_finite_when_reported_finite(method, K, spec):
     """The closed form skips the gradient-norm check: its gradient is bounded whenever
     the loss is finite, even for saturated units (logits of order 1e6)."""
-    model = tiny_model("sbn:6-4-3", n_data=8, seed=1)
+    model = tiny_model(spec, n_data=8, seed=1)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1e6)

@@ -87,27 +87,36 @@ class DARN(nn.Module):
         logits = self._base(y, ny) + auto                                  # [rows, n_x]
         return bernoulli_log_prob(logits, repeat_rows(x, nx), self.clamp)
 
+    def base_logits(self, y):
+        """b + y U, the logits' part that depends on y alone: [N, n_x] (top: [1, n_x])."""
+        return self._base(y, 1)
+
     def sample(self, y, n=1, generator=None, score=True):
-        if _use_kernels(self.W):
-            with torch.set_grad_enabled(score and torch.is_grad_enabled()):
-                base = self._base(y, n)        # [N*n, n_x]; its graph kept for the score
-            with torch.no_grad():
-                u = rng.uniform((self.n_x, base.shape[0]), generator, base.device, base.dtype)
-                x, auto = map(torch.from_numpy,
-                              ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp))
-            if not score:
-                return x, None
-            auto = TriangularProduct.apply(x, self.W, self.mask, auto)     # no rerun
-            return x, bernoulli_log_prob(base + auto, x, self.clamp)
-        with torch.no_grad():
-            accT = self._base(y, n).t().contiguous()       # running logits [n_x, N*n]
-            u = rng.uniform(accT.shape, generator, accT.device, accT.dtype)    # unit j: u[j]
-            xT = torch.empty_like(accT)
-            for j in range(self.n_x):
-                torch.lt(u[j], bernoulli_probs(accT[j], self.clamp), out=xT[j])
-                accT[j + 1:].addr_(self.W[j, j + 1:], xT[j])   # unit j feeds units > j
-            x = xT.t().contiguous()
-        return x, (self.log_prob(x, y) if score else None)
+        with torch.set_grad_enabled(score and torch.is_grad_enabled()):
+            base = self._base(y, n)            # [N*n, n_x]; its graph kept for the score
+        x, auto = self.draw(base, generator)
+        if not score:
+            return x, None
+        if auto is None:                       # (the torch loop's draws: scored anew)
+            return x, self.log_prob(x, y)
+        auto = TriangularProduct.apply(x, self.W, self.mask, auto)         # no rerun
+        return x, bernoulli_log_prob(base + auto, x, self.clamp)
+
+    @torch.no_grad()
+    def draw(self, base, generator=None):
+        """x ~ p(x | base) unit by unit, for base = b + y U [R, n_x] (one row per draw):
+        (x [R, n_x], auto), auto = x (W * M) from the compiled sampler, or None from the
+        torch loop (other devices and dtypes)."""
+        u = rng.uniform((self.n_x, base.shape[0]), generator, base.device, base.dtype)
+        if _use_kernels(self.W):                                # unit j: u[j]
+            x, auto = ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp)
+            return torch.from_numpy(x), torch.from_numpy(auto)
+        accT = base.t().contiguous()                   # running logits [n_x, R]
+        xT = torch.empty_like(accT)
+        for j in range(self.n_x):
+            torch.lt(u[j], bernoulli_probs(accT[j], self.clamp), out=xT[j])
+            accT[j + 1:].addr_(self.W[j, j + 1:], xT[j])    # unit j feeds units > j
+        return xT.t().contiguous(), None
 
 
 class DARNTop(DARN):
