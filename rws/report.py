@@ -257,12 +257,14 @@ def load_published(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
                         "--published, or --published none") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"published-numbers file {path} cannot be parsed ({e})") from None
-    need = {"data", "model", "method", "K", "test_ll", "eval_k", "status", "source", "table"}
+    need = {"data", "model", "method", "K", "test_ll", "eval_k", "budget", "status", "source",
+            "table"}
     for i, entry in enumerate(data.get("entry", [])):
         missing = sorted(need - set(entry))
         if missing:
             raise UserError(f"{path}: entry {i + 1} lacks {', '.join(missing)}; every "
-                            "published number needs its source, table, status and protocol")
+                            "published number needs its source, table, status, protocol and "
+                            "training budget")
     return pd.DataFrame(data.get("entry", [])), data.get("not_found", [])
 
 
@@ -393,8 +395,9 @@ def diagnostics_figures(diag: pd.DataFrame, per_epoch: pd.DataFrame, out: Path,
 def published_table(runs: pd.DataFrame, evals: pd.DataFrame, path: str | Path,
                     out: Path) -> int:
     """Ours beside each published number: the best run of the same data, model, method
-    and training K (scored by its largest-K test evaluation), the published value, our
-    value minus it, and where the published value was read. Returns the rows written."""
+    and training K (scored by its largest-K test evaluation) with its budget (epochs,
+    batch, training hours), the published value with its training budget, our value
+    minus it, and where the published value was read. Returns the rows written."""
     entries, not_found = load_published(path)
     ours = with_largest_eval(runs, evals) if not runs.empty else runs
     rows = []
@@ -407,17 +410,18 @@ def published_table(runs: pd.DataFrame, evals: pd.DataFrame, path: str | Path,
             best = match.sort_values("test_ll").iloc[-1]
             row.update(ours=_ll_se(best.test_ll, best.test_se),
                        ours_eval_k=int(best.test_k), epochs=int(best.epochs),
-                       train_hours=round(float(best.train_hours), 2),
+                       batch=int(best.batch_size), train_hours=round(float(best.train_hours), 2),
                        difference=round(float(best.test_ll) - e["test_ll"], 2))
         else:
-            row.update(ours="not run", ours_eval_k=None, epochs=None, train_hours=None,
-                       difference=None)
-        row.update(published=e["test_ll"], published_eval_k=e["eval_k"], status=e["status"],
+            row.update(ours="not run", ours_eval_k=None, epochs=None, batch=None,
+                       train_hours=None, difference=None)
+        row.update(published=e["test_ll"], published_eval_k=e["eval_k"],
+                   published_budget=e["budget"], status=e["status"],
                    source=f"{e['source']}: {e['table']}"
                    + (f" (via {e['via']})" if e.get("via") else ""))
         rows.append(row)
     df = pd.DataFrame(rows)
-    for col in ("ours_eval_k", "epochs", "published_eval_k"):
+    for col in ("ours_eval_k", "epochs", "batch", "published_eval_k"):
         if col in df:
             df[col] = df[col].astype("Int64")
     out.mkdir(parents=True, exist_ok=True)

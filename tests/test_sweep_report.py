@@ -217,6 +217,7 @@ method = "rws (wake+sleep)"
 K = 5
 test_ll = -96.5
 eval_k = 5000
+budget = "3,280 epochs, batch 20"
 status = "read"
 source = "A paper"
 table = "Table 2, row SBN"
@@ -228,6 +229,7 @@ method = "rws (wake+sleep)"
 K = 5
 test_ll = -90.0
 eval_k = 1000
+budget = "not stated"
 status = "secondary"
 source = "Another paper"
 table = "Table 1"
@@ -242,6 +244,7 @@ what = "the UCI table"
     md = (tmp_path / "out" / "tables" / "published.md").read_text()
     # ours from the largest-K evaluation (-95.0 at K=1000), the difference to -96.5
     assert "-95.00 ± 0.30" in md and "1.50" in md and "Table 2, row SBN" in md
+    assert "3,280 epochs, batch 20" in md                     # both budgets side by side
     assert "not run" in md and "via someone's README" in md
     assert "The RWS paper: the UCI table" in md
     pub.write_text('[[entry]]\ndata = "dna"\ntest_ll = -1.0\n')
