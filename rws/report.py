@@ -17,7 +17,9 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
                                      ``published.toml`` (source, status, difference),
                                      and the sources whose tables nobody could read
     tables/k_curve.{md,csv}          test LL by training K, a row per model/method/setting
-                                     trained at several K, and whether it rises with K
+                                     trained at several K, each step with its standard
+                                     error (paired where both cells kept their per-point
+                                     estimates), and whether it rises with K
     figures/ll_vs_train_k.{png,svg}  test LL against training K, one line per model/method
                                      and setting (protocol, learning-rate decay)
     figures/ll_vs_eval_k.{png,svg}   LL against evaluation K (from eval records)
@@ -41,8 +43,10 @@ its source; nothing is typed in by hand.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rws.errors import UserError
@@ -65,7 +69,11 @@ def _setting(cfg: dict) -> str:
 def _ll_se(ll: float, se: float) -> str:
     """"ll ± se" to 0.01 nats; a standard error below 0.005 keeps one significant digit
     instead of printing as 0.00 (connect4's 47,557 test points give 0.005)."""
-    return f"{ll:.2f} ± " + (f"{se:.2f}" if se >= 0.005 else f"{se:.1g}")
+    return f"{ll:.2f} ± {_se(se)}"
+
+
+def _se(se: float) -> str:
+    return f"{se:.2f}" if se >= 0.005 else f"{se:.1g}"
 
 
 def _ll_se_column(runs: pd.DataFrame) -> pd.Series:
@@ -109,6 +117,7 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                    "test_seconds": rec["test"].get("seconds"),
                    "best_epoch": rec["best_epoch"], "test_ll": rec["test"]["ll"],
                    "test_se": rec["test"]["se"], "test_k": rec["test"]["K"],
+                   "test_points": _points(rec["test"]),
                    "seconds_per_epoch": rec["seconds_per_epoch"],
                    "parameters": rec["model"]["parameters"],
                    "dim": (rec.get("data") or {}).get("dim"),
@@ -128,7 +137,8 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                           "model": cfg.get("model"),
                           "method": _label(cfg.get("method", "?"), cfg.get("method_options", {})),
                           "train_K": cfg.get("K"), "eval_K": rec["K"], "split": rec.get("split"),
-                          "ll": rec["ll"], "se": rec["se"], "seconds": rec.get("seconds")})
+                          "ll": rec["ll"], "se": rec["se"], "seconds": rec.get("seconds"),
+                          "per_point": _points(rec)})
     return pd.DataFrame(runs), pd.DataFrame(epochs), pd.DataFrame(evals)
 
 
@@ -179,21 +189,60 @@ def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
         _write_table(evals.sort_values(["run", "eval_K"]), out, "ll_vs_eval_k")
 
 
+def _points(estimate: dict) -> np.ndarray | None:
+    """The per-point log p^_K of a test record ([N]), where the record kept them."""
+    values = estimate.get("per_point")
+    return np.asarray(values, dtype=np.float64) if values is not None else None
+
+
+def paired_step(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the per-point difference b_n - a_n over the same N test
+    points: (mean(d), std(d) / sqrt(N)). Two models' estimates on one test set are
+    correlated (a digit that is hard for one is hard for the other), so this error is
+    smaller than the combined sqrt(se_a^2 + se_b^2) that treats them as independent."""
+    d = b - a
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
 def _test_estimates(runs: pd.DataFrame, evals: pd.DataFrame | None) -> dict:
-    """{run: {eval K: (ll, se)}}: each run's record test and its ``rws eval`` test records."""
-    found = {r.run: {int(r.test_k): (r.test_ll, r.test_se)} for r in runs.itertuples()}
+    """{run: {eval K: (ll, se, per-point values or None)}}: each run's record test and its
+    ``rws eval`` test records."""
+    points = runs.test_points if "test_points" in runs else [None] * len(runs)
+    found = {r.run: {int(r.test_k): (r.test_ll, r.test_se, p)}
+             for r, p in zip(runs.itertuples(), points)}
     if evals is not None and not evals.empty:
-        for e in evals[evals.split == "test"].itertuples():
-            if e.run in found:
-                found[e.run][int(e.eval_K)] = (e.ll, e.se)
+        per_point = evals.per_point if "per_point" in evals else [None] * len(evals)
+        for e, p in zip(evals.itertuples(), per_point):
+            if e.split == "test" and e.run in found:
+                found[e.run][int(e.eval_K)] = (e.ll, e.se, p)
     return found
+
+
+def _steps(g: pd.DataFrame) -> tuple[list[float], list[float], list[bool]]:
+    """Each step of a K curve (rows sorted by K): the rise in test LL, its standard error
+    (paired, ``paired_step``, where both cells have per-point values on the same points;
+    else combined) and whether it is paired."""
+    rises, ses, paired = [], [], []
+    for (a, b) in zip(g.iloc[:-1].itertuples(), g.iloc[1:].itertuples()):
+        rises.append(b.test_ll - a.test_ll)
+        if (a.points is not None and b.points is not None
+                and len(a.points) == len(b.points)):
+            ses.append(paired_step(a.points, b.points)[1])
+            paired.append(True)
+        else:
+            ses.append(math.hypot(a.test_se, b.test_se))
+            paired.append(False)
+    return rises, ses, paired
 
 
 def k_curve(runs: pd.DataFrame, evals: pd.DataFrame | None = None) -> pd.DataFrame:
     """Sensitivity to the training K: one row per data set, model, method and setting
-    trained at more than one K, one column per K (the best run's test LL ± SE), and
-    ``monotone``: whether the test LL rises with K at every step (differences within one
-    combined standard error count as ties, "yes (within SE)").
+    trained at more than one K, one column per K (the best run's test LL ± SE),
+    ``steps``: each step's rise ± its standard error (paired over the test points where
+    both cells kept their per-point estimates, ``paired_step``; otherwise combined,
+    sqrt(se_a^2 + se_b^2)), ``step SE``: which of the two, and ``monotone``: whether the
+    test LL rises with K at every step (a fall within one standard error counts as a tie,
+    "yes (within SE)").
 
     A row compares its cells at one evaluation K, the largest that all of them were
     tested at (record tests and ``rws eval`` records alike): the estimate rises with the
@@ -210,22 +259,27 @@ def k_curve(runs: pd.DataFrame, evals: pd.DataFrame | None = None) -> pd.DataFra
         at = lambda r: max(common) if common else max(tested[r])   # noqa: E731
         g = g.assign(test_k=[at(r) for r in g.run],
                      test_ll=[tested[r][at(r)][0] for r in g.run],
-                     test_se=[tested[r][at(r)][1] for r in g.run])
+                     test_se=[tested[r][at(r)][1] for r in g.run],
+                     points=[tested[r][at(r)][2] for r in g.run])
         g = g.sort_values("test_ll").groupby("K").tail(1).sort_values("K")
-        step = g.test_ll.diff().iloc[1:]
-        se = (g.test_se ** 2 + g.test_se.shift() ** 2).pow(0.5).iloc[1:]
-        monotone = ("yes" if (step > 0).all() else
-                    "yes (within SE)" if (step > -se).all() else "no")
+        rises, ses, paired = _steps(g)
+        monotone = ("yes" if all(d > 0 for d in rises) else
+                    "yes (within SE)" if all(d > -s for d, s in zip(rises, ses)) else "no")
         row = dict(zip(keys, key))
         row.update({f"K={k}": f"{_ll_se(ll, s)} (eval K={int(ek)})"
                     for k, ll, s, ek in zip(g.K, g.test_ll, g.test_se, g.test_k)})
+        mixed = any(paired) and not all(paired)
+        row["steps"] = ", ".join(f"{d:+.2f} ± {_se(s)}" + ("*" if p and mixed else "")
+                                 for d, s, p in zip(rises, ses, paired))
+        row["step SE"] = ("paired" if all(paired) else "combined" if not any(paired)
+                          else "paired where marked *")
         row["monotone"] = monotone
         rows.append(row)
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows).fillna("")
     ks = sorted((c for c in table.columns if c.startswith("K=")), key=lambda c: int(c[2:]))
-    return table[keys + ks + ["monotone"]]
+    return table[keys + ks + ["steps", "step SE", "monotone"]]
 
 
 def by_data_set(runs: pd.DataFrame) -> pd.DataFrame:

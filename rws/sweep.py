@@ -180,18 +180,29 @@ def run_cell(cfg_dict: dict, run_dir: str) -> dict:
 
 
 def _executor(workers: int, scheduler: str | None):
-    """(submit, as_completed, close) for local processes or a Dask cluster."""
+    """(submit, as_completed, close, in_flight) for local processes or a Dask cluster;
+    ``in_flight``: how many cells to hand over at once (None: all of them)."""
     if scheduler is None:
         pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        return pool.submit, cf.as_completed, pool.shutdown
+        return pool.submit, cf.as_completed, pool.shutdown, None
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
         raise UserError("--scheduler needs Dask: pip install 'dask[distributed]'") from None
+    in_flight = None
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        import dask
+        # A cell that kills its worker fails at the first death instead of being retried
+        # on three more workers: each death costs a nanny restart, and a restart can race
+        # the nanny's shutdown and leave no worker at all (dask/distributed#7312), which
+        # hung this sweep's test about one run in five on a loaded machine. Dask counts a
+        # death against every cell waiting in that worker's queue too, so the sweep hands
+        # the local cluster one cell per worker at a time.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
         client = Client(cluster)
+        in_flight = workers
 
         def close():
             client.close()
@@ -203,7 +214,7 @@ def _executor(workers: int, scheduler: str | None):
             raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({e})") from None
         close = client.close
     # pure=False: a rerun of a cell is a new task, not a cached result
-    return (lambda f, *a: client.submit(f, *a, pure=False)), as_completed, close
+    return (lambda f, *a: client.submit(f, *a, pure=False)), as_completed, close, in_flight
 
 
 def _duration(seconds: float) -> str:
@@ -240,11 +251,22 @@ def run(config: dict, out: str | Path | None = None, workers: int = 1,
     log(f"sweep {config.get('name', '')}: {len(cells)} cells, {finished} finished before, "
         f"{len(cells) - finished - len(todo)} in use elsewhere, {len(todo)} to run -> {out}")
     if todo:
-        submit, as_completed, close = _executor(workers, scheduler)
+        submit, as_completed, close, in_flight = _executor(workers, scheduler)
         done, t0 = 0, time.monotonic()
+        waiting, futures = list(todo), {}
+
+        def hand_over():
+            cfg, d = waiting.pop(0)
+            fut = submit(run_cell, dataclasses.asdict(cfg), str(d))
+            futures[fut] = (cfg, d)
+            return fut
+
         try:
-            futures = {submit(run_cell, dataclasses.asdict(cfg), str(d)): (cfg, d) for cfg, d in todo}
-            for fut in as_completed(list(futures)):
+            finishing = as_completed([hand_over() for _ in range(min(in_flight or len(todo),
+                                                                      len(todo)))])
+            for fut in finishing:
+                if waiting:          # only with in_flight, whose as_completed takes more
+                    finishing.add(hand_over())
                 try:
                     s = fut.result()
                 except Exception as e:  # the worker itself died (killed, out of memory)

@@ -1,7 +1,9 @@
 """Sweeps: local and Dask executors agree, interrupted sweeps resume, failures are
 recorded; reports render from records."""
 import json
+import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -130,7 +132,8 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
     assert curve.to_dict("records") == [{
         "data": "dna", "model": "sbn:200", "method": "rws (wake+sleep)", "setting": "modern",
         "K=1": "-100.00 ± 0.30 (eval K=1000)", "K=5": "-95.00 ± 0.30 (eval K=1000)",
-        "K=25": "-93.00 ± 0.30 (eval K=1000)", "monotone": "yes"}]
+        "K=25": "-93.00 ± 0.30 (eval K=1000)", "steps": "+5.00 ± 0.42, +2.00 ± 0.42",
+        "step SE": "combined", "monotone": "yes"}]
 
 
 @pytest.mark.parametrize("lls, verdict", [((-100, -95, -93), "yes"),
@@ -141,6 +144,54 @@ def test_the_k_curve_says_whether_the_likelihood_rises_with_k(lls, verdict):
                          "setting": "modern", "K": [1, 5, 25], "test_ll": lls, "test_se": 0.3,
                          "test_k": 5000})
     assert report.k_curve(runs).monotone.tolist() == [verdict]
+
+
+def test_a_paired_step_is_the_mean_and_standard_error_of_per_point_differences():
+    a = np.array([-100.0, -90.0, -80.0])
+    b = np.array([-99.0, -89.5, -78.0])          # differences 1, 0.5, 2
+    mean, se = report.paired_step(a, b)
+    # by hand: mean 7/6; deviations -1/6, -2/3, 5/6 -> variance (1/36 + 4/9 + 25/36) / 2
+    # = 7/12; se = sqrt(7/12) / sqrt(3)
+    assert mean == pytest.approx(7 / 6) and se == pytest.approx(math.sqrt(7 / 12 / 3))
+
+
+def test_the_k_curve_pairs_its_steps_where_the_cells_kept_per_point_values():
+    # three runs on the same 2,000 test points whose difficulty varies by +-10 nats: a
+    # rise of 0.1 nats (K=5 -> 10) is far inside the combined error (0.3) but far outside
+    # the paired one (~0.001); a fall of 0.15 (10 -> 25) is a tie unpaired and a fall paired
+    rng = np.random.default_rng(0)
+    hard = rng.normal(-100.0, 10.0, 2000)
+    pts = [hard, hard + 0.1 + rng.normal(0, 0.05, 2000), hard - 0.05 + rng.normal(0, 0.05, 2000)]
+    se = [float(p.std(ddof=1) / math.sqrt(len(p))) for p in pts]
+    runs = pd.DataFrame({"run": ["a", "b", "c"], "data": "d", "model": "m", "method": "rws",
+                         "setting": "modern", "K": [5, 10, 25],
+                         "test_ll": [float(p.mean()) for p in pts], "test_se": se,
+                         "test_k": 5000, "test_points": pts})
+    row = report.k_curve(runs).iloc[0]
+    d1 = pts[1] - pts[0]
+    assert row["step SE"] == "paired" and row.monotone == "no"
+    assert row.steps.startswith(f"+0.10 ± {d1.std(ddof=1) / math.sqrt(2000):.1g}, -0.15 ± ")
+    unpaired = report.k_curve(runs.assign(test_points=None)).iloc[0]
+    assert unpaired["step SE"] == "combined" and unpaired.monotone == "yes (within SE)"
+    assert unpaired.steps == "+0.10 ± 0.32, -0.15 ± 0.32"
+    # an rws eval record with per-point values pairs with a record that kept its own
+    evals = pd.DataFrame({"run": ["a"], "split": ["test"], "eval_K": [5000],
+                          "ll": [float(pts[0].mean())], "se": [se[0]], "per_point": [pts[0]]})
+    mixed = report.k_curve(runs.assign(test_points=[None, pts[1], None]), evals).iloc[0]
+    assert mixed["step SE"] == "paired where marked *" and mixed.steps.endswith("± 0.32")
+    assert mixed.steps.split(", ")[0].endswith("*")
+
+
+def test_the_report_pairs_steps_from_the_per_point_values_in_the_records(tmp_path):
+    runs = tmp_path / "runs"
+    for K, ll in ((1, -100.0), (5, -95.0)):
+        fixture_record(runs / f"rws{K}", "sbn:200", "rws", K, ll)
+        rec = json.loads((runs / f"rws{K}" / "eval-test-K1000.json").read_text())
+        rec["per_point"] = [ll + 1.0, ll - 1.0, ll + 2.0, ll - 2.0]   # mean ll, paired: exact
+        (runs / f"rws{K}" / "eval-test-K1000.json").write_text(json.dumps(rec))
+    report.report([runs], tmp_path / "out")
+    curve = pd.read_csv(tmp_path / "out" / "tables" / "k_curve.csv", keep_default_na=False)
+    assert curve.steps.tolist() == ["+5.00 ± 0"] and curve["step SE"].tolist() == ["paired"]
 
 
 def test_the_k_curve_compares_its_cells_at_one_evaluation_k():
@@ -203,6 +254,9 @@ def test_a_worker_that_dies_fails_its_cell_not_the_sweep(tmp_path, monkeypatch):
     summaries = sweep.run(cfg, tmp_path, workers=1, scheduler="local", log=lambda *_: None)
     status = {s["cell"]: s["status"] for s in summaries}
     assert status[doomed] == "failed" and (tmp_path / doomed / "error.json").exists()
+    error = next(s["error"] for s in summaries if s["cell"] == doomed)
+    assert "KilledWorker" in error and "on 1 different workers" in error   # no retries
+    assert set(status.values()) == {"failed", "finished"}, summaries      # the other ran
 
 
 def test_published_numbers_print_beside_ours_with_their_source(tmp_path):

@@ -41,6 +41,9 @@ def test_record_and_checkpoint_are_complete(tmp_path):
     for key in ("train_ll", "valid_ll", "seconds"):
         assert key in record["epochs"][0]
     assert {"ll", "se", "K", "ess_mean"} <= set(record["test"])
+    points = record["test"]["per_point"]              # one estimate per test point
+    assert len(points) == record["data"]["test"] == record["test"]["n"]
+    assert sum(points) / len(points) == pytest.approx(record["test"]["ll"], abs=1e-4)
     state = results.load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 2 and state["best"]["model"] is not None
 
