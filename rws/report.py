@@ -247,9 +247,10 @@ def k_curve(runs: pd.DataFrame, evals: pd.DataFrame | None = None) -> pd.DataFra
     A row compares its cells at one evaluation K, the largest that all of them were
     tested at (record tests and ``rws eval`` records alike): the estimate rises with the
     evaluation K, so a cell tested at a larger K alone would lift its step. Without a
-    common K each cell shows its largest. ``runs``: the records' own tests (as from
+    common K each cell shows its largest. Runs at another batch size form a curve of
+    their own (``batch_size``). ``runs``: the records' own tests (as from
     ``load_records``)."""
-    keys = ["data", "model", "method", "setting"]
+    keys = ["data", "model", "method", "setting", "batch_size"]
     tested = _test_estimates(runs, evals)
     rows = []
     for key, g in runs.groupby(keys):

@@ -131,7 +131,7 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
     curve = pd.read_csv(tmp_path / "out" / "tables" / "k_curve.csv", keep_default_na=False)
     assert curve.to_dict("records") == [{
         "data": "dna", "model": "sbn:200", "method": "rws (wake+sleep)", "setting": "modern",
-        "K=1": "-100.00 ± 0.30 (eval K=1000)", "K=5": "-95.00 ± 0.30 (eval K=1000)",
+        "batch_size": 100, "K=1": "-100.00 ± 0.30 (eval K=1000)", "K=5": "-95.00 ± 0.30 (eval K=1000)",
         "K=25": "-93.00 ± 0.30 (eval K=1000)", "steps": "+5.00 ± 0.42, +2.00 ± 0.42",
         "step SE": "combined", "monotone": "yes"}]
 
@@ -141,7 +141,7 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
                                           ((-100, -95, -97), "no")])
 def test_the_k_curve_says_whether_the_likelihood_rises_with_k(lls, verdict):
     runs = pd.DataFrame({"run": ["a", "b", "c"], "data": "d", "model": "m", "method": "rws",
-                         "setting": "modern", "K": [1, 5, 25], "test_ll": lls, "test_se": 0.3,
+                         "setting": "modern", "batch_size": 25, "K": [1, 5, 25], "test_ll": lls, "test_se": 0.3,
                          "test_k": 5000})
     assert report.k_curve(runs).monotone.tolist() == [verdict]
 
@@ -164,7 +164,7 @@ def test_the_k_curve_pairs_its_steps_where_the_cells_kept_per_point_values():
     pts = [hard, hard + 0.1 + rng.normal(0, 0.05, 2000), hard - 0.05 + rng.normal(0, 0.05, 2000)]
     se = [float(p.std(ddof=1) / math.sqrt(len(p))) for p in pts]
     runs = pd.DataFrame({"run": ["a", "b", "c"], "data": "d", "model": "m", "method": "rws",
-                         "setting": "modern", "K": [5, 10, 25],
+                         "setting": "modern", "batch_size": 25, "K": [5, 10, 25],
                          "test_ll": [float(p.mean()) for p in pts], "test_se": se,
                          "test_k": 5000, "test_points": pts})
     row = report.k_curve(runs).iloc[0]
@@ -197,13 +197,18 @@ def test_the_report_pairs_steps_from_the_per_point_values_in_the_records(tmp_pat
 def test_the_k_curve_compares_its_cells_at_one_evaluation_k():
     # K=5 was also tested at K=100,000 (1.2 nats higher): the curve keeps it at the
     # K=5,000 that all three cells share, so its step is not lifted by the larger K
-    runs = pd.DataFrame({"run": ["a", "b", "c"], "data": "d", "model": "m", "method": "rws",
-                         "setting": "modern", "K": [1, 5, 10], "test_ll": [-112.5, -104.0, -102.9],
+    # run "d", at batch 100, is no cell of the batch-25 curve (and alone, no curve)
+    runs = pd.DataFrame({"run": ["a", "b", "c", "d"], "data": "d", "model": "m",
+                         "method": "rws", "setting": "modern", "batch_size": [25, 25, 25, 100],
+                         "K": [1, 5, 10, 5], "test_ll": [-112.5, -104.0, -102.9, -103.0],
                          "test_se": 0.3, "test_k": 5000})
     evals = pd.DataFrame({"run": ["b"], "split": ["test"], "eval_K": [100000],
                           "ll": [-102.8], "se": [0.3]})
-    row = report.k_curve(runs, evals).iloc[0]
+    curve = report.k_curve(runs, evals)
+    row = curve.iloc[0]
+    assert len(curve) == 1 and row.batch_size == 25
     assert row["K=5"] == "-104.00 ± 0.30 (eval K=5000)" and row.monotone == "yes"
+    runs = runs.iloc[:3]
     # without a common K each cell shows its largest
     evals = pd.DataFrame({"run": ["a", "b", "c"], "split": "test", "eval_K": [1000, 100000, 2000],
                           "ll": [-112.0, -102.8, -102.5], "se": 0.3})
