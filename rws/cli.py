@@ -279,7 +279,7 @@ def cmd_eval(args) -> None:
             **r.summary(), "split": args.split, "checkpoint": str(args.checkpoint),
             "epoch": epoch,
             "config": cfg, "seed": args.seed, "environment": results.environment(device),
-            "per_point": r.per_point.tolist(), "ess": r.ess.tolist()})
+            "per_point": r.per_point_list(), "ess": r.ess.tolist()})
         _partial(path).unlink(missing_ok=True)       # the record holds it all now
         print(f"eval record: {path}")
 

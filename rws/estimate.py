@@ -37,6 +37,11 @@ class LogLikelihood:
                 "ess_mean": float(self.ess.mean()), "ess_over_K": float(self.ess.mean()) / self.K,
                 "seconds": self.seconds}
 
+    def per_point_list(self) -> list[float]:
+        """Each point's log p^_K to 1e-4 nats, as records keep them: the report pairs two
+        runs' tests on the same points with them (``report.paired_step``)."""
+        return [round(v, 4) for v in self.per_point.tolist()]
+
     def __str__(self) -> str:
         return (f"log p^_K(x) = {self.mean:.3f} +- {self.se:.3f} nats (K={self.K}, "
                 f"N={self.per_point.numel()}, mean ESS {float(self.ess.mean()):.2f})")

@@ -500,10 +500,7 @@ class Trainer:
         record = self._save({"stopped_by": self.stopped_by,
                              "tested_epoch": self.best["epoch"] if self.cfg.restore_best
                              and self.best["model"] is not None else self.epoch,
-                             # per point (to 1e-4 nats): the report pairs two runs'
-                             # tests on the same points (report.paired_step)
-                             "test": {**test.summary(),
-                                      "per_point": [round(v, 4) for v in test.per_point.tolist()]},
+                             "test": {**test.summary(), "per_point": test.per_point_list()},
                              "seconds_per_epoch": sum(secs) / len(secs) if secs else None})
         log(f"test {test}  [best epoch {self.best['epoch']}, "
             f"{record['seconds_per_epoch'] or 0:.2f} s/epoch]")
