@@ -1,5 +1,5 @@
-"""Optimisers of the training loop: Adam (the modern default), plain SGD, and the
-original RWS code's EMA momentum.
+"""Optimisers of the training loop: Adam (the modern default, ``FusedAdam``), plain SGD,
+and the original RWS code's EMA momentum.
 
 ``ema_momentum`` is the step rule of Bornschein & Bengio's code (reweighted-ws,
 ``learning/training.py``), for each parameter theta with buffer d (initially 0):
@@ -47,9 +47,84 @@ class EMAMomentum(torch.optim.Optimizer):
             torch._foreach_sub_(params, bufs)
 
 
+class FusedAdam(torch.optim.Adam):
+    """``torch.optim.Adam(fused=True)`` (Kingma & Ba 2015): the same update, state and
+    ``state_dict``, with the per-step bookkeeping of torch's ``step`` done once.
+
+    torch's step gathers each group's parameters, gradients and moment buffers into
+    lists and groups them by device and dtype, every step, before its one fused kernel
+    call per group. Here the buffer lists of a group are gathered once, after torch's own
+    step has created the state, and reused while the group's parameters and state stay
+    the same objects; a step then costs a list of the gradients and two calls per group.
+    Any case outside the plain one (a group whose parameters have only some of their
+    gradients, amsgrad, maximize, decoupled weight decay, a tensor learning rate, a group
+    loaded from an unfused Adam's state_dict, parameters on several devices or of several
+    dtypes in one group, a closure) runs torch's step unchanged. RWS K=5 on SBN 200, one
+    thread, A/B in one process with the training runs stopped: 2.10 -> 2.05 ms a step
+    at batch 25, 6.30 -> 6.22 ms at batch 100.
+    """
+
+    def __init__(self, params, **options):
+        super().__init__(params, fused=True, **options)
+        self._buffers: dict[int, tuple] = {}
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._buffers.clear()
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        if hasattr(self, "_buffers"):
+            self._buffers.clear()
+
+    def _group_buffers(self, index: int, group: dict):
+        """(exp_avgs, exp_avg_sqs, steps) of a plain group whose state exists, else None."""
+        cached = self._buffers.get(index)
+        states = [self.state.get(p) for p in group["params"]]
+        if cached is not None and all(s is c for s, c in zip(states, cached[3])):
+            return cached[:3]
+        params = group["params"]
+        if (not params or any(not s or "exp_avg" not in s for s in states)
+                or len({(p.device, p.dtype) for p in params}) != 1):
+            return None
+        cached = ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                  [s["step"] for s in states], states)
+        self._buffers[index] = cached
+        return cached[:3]
+
+    @staticmethod
+    def _plain(group: dict) -> bool:
+        return bool(group["fused"]) and not (
+            group["amsgrad"] or group["maximize"] or group["differentiable"]
+            or group["capturable"] or group.get("decoupled_weight_decay")
+            or isinstance(group["lr"], torch.Tensor))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            return super().step(closure)
+        calls = []
+        for index, group in enumerate(self.param_groups):
+            grads = [p.grad for p in group["params"]]
+            if all(g is None for g in grads):
+                continue                     # (torch's step leaves such a group alone)
+            buffers = self._group_buffers(index, group) if self._plain(group) else None
+            if buffers is None or any(g is None for g in grads):
+                return super().step()
+            calls.append((group, grads, buffers))
+        for group, grads, (exp_avgs, exp_avg_sqs, steps) in calls:
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(group["params"], grads, exp_avgs, exp_avg_sqs, [], steps,
+                               amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                               weight_decay=group["weight_decay"], eps=group["eps"],
+                               maximize=False, grad_scale=None, found_inf=None)
+        return None
+
+
 def _adam(groups):
     try:   # the fused kernel: one pass over the parameters (about 1 ms a step less here)
-        return torch.optim.Adam(groups, fused=True)
+        return FusedAdam(groups)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(groups)
 

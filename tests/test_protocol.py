@@ -8,7 +8,7 @@ import torch
 from rws import protocol
 from rws.errors import UserError
 from rws.methods import sleep_phi_loss
-from rws.optim import EMAMomentum
+from rws.optim import EMAMomentum, FusedAdam
 from rws.train import TrainConfig, Trainer, _split_model_group, load_splits
 from tests.conftest import tiny_model
 
@@ -40,6 +40,60 @@ def test_ema_momentum_leaves_parameters_without_gradient_and_their_buffer_alone(
     assert torch.allclose(a, torch.full((2,), 0.95))                 # one step of 0.05
     assert torch.allclose(opt.state[a]["delta"], torch.full((2,), 0.05))
     assert torch.allclose(b, torch.full((2,), 1 - 0.05 - 0.0975))
+
+
+def test_fused_adam_takes_torchs_steps_bit_for_bit_and_its_fast_path(monkeypatch):
+    # two groups at their own rates, as P and Q: full steps (the fast path), a step with
+    # one group's gradients only (sleep-Q), one with a partial group (torch's step), a
+    # rate change, and a state_dict round trip into fresh optimisers of both kinds
+    torch_steps = []
+    adam_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step",
+                        lambda self, *a: torch_steps.append(type(self)) or adam_step(self, *a))
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=gen) for s in ((3, 4), (4,), (5, 3), (5,))]
+
+    def groups(ps):
+        return [{"params": ps[:2], "lr": 1e-2}, {"params": ps[2:], "lr": 3e-3}]
+    ours, ref = ([torch.nn.Parameter(t.clone()) for t in init] for _ in range(2))
+    fused, adam = FusedAdam(groups(ours)), torch.optim.Adam(groups(ref), fused=True)
+    plan = ["all", "all", "q", "all", "partial", "all", "lr", "all", "reload", "all", "all"]
+    for what in plan:
+        if what == "lr":
+            for o in (fused, adam):
+                o.param_groups[1]["lr"] = 1e-3
+            continue
+        if what == "reload":
+            saved = fused.state_dict(), adam.state_dict()
+            fused, adam = FusedAdam(groups(ours)), torch.optim.Adam(groups(ref), fused=True)
+            fused.load_state_dict(saved[0])
+            adam.load_state_dict(saved[1])
+            continue
+        grads = [torch.randn(t.shape, generator=gen) for t in init]
+        for ps in (ours, ref):
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                keep = (what == "all" or (what == "q" and i >= 2)
+                        or (what == "partial" and i != 1))
+                p.grad = g.clone() if keep else None
+        fused.step()
+        adam.step()
+        for a, b in zip(ours, ref):
+            assert torch.equal(a, b)
+            assert torch.equal(fused.state[a]["exp_avg"], adam.state[b]["exp_avg"])
+            assert torch.equal(fused.state[a]["exp_avg_sq"], adam.state[b]["exp_avg_sq"])
+            assert torch.equal(fused.state[a]["step"], adam.state[b]["step"])
+    # torch's own step ran for the reference (9 steps), and for ours only where it must:
+    # the first step (it creates the state) and the partial group; a loaded state serves
+    # the fast path at once
+    assert torch_steps.count(torch.optim.Adam) == 9
+    assert torch_steps.count(FusedAdam) == 2
+    # an unfused Adam's state (another rounding) keeps torch's step
+    unfused = torch.optim.Adam(groups(ref), foreach=True)
+    unfused.load_state_dict(adam.state_dict() | {"param_groups": [
+        g | {"fused": None, "foreach": True} for g in adam.state_dict()["param_groups"]]})
+    fused.load_state_dict(unfused.state_dict())
+    fused.step()
+    assert torch_steps.count(FusedAdam) == 3
 
 
 def test_ref_protocol_resolves_every_knob_and_explicit_settings_win():
