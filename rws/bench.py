@@ -36,7 +36,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -181,6 +181,8 @@ class Row:
     gsigmoid_per_step: float = math.nan   # transcendental evaluations (count_work), 1e9
     floor_seconds: float = math.nan       # Work.floor at the fastest calibrations
     fraction_of_floor: float = math.nan   # floor_seconds / seconds_per_step
+    # each repeat's epoch time x the calibration taken just before it (GFLOP/s), in order
+    calibrated_repeats: list = field(default_factory=list)
 
 
 def setup_case(case: Case, train_x, device="cpu"):
@@ -203,7 +205,8 @@ def _row(name, seconds, per_epoch, flops, peaks, work: Work | None = None,
     dt = min(seconds)
     rate = flops / dt / 1e9
     row = Row(name, dt, per_epoch(dt), flops / 1e9, rate, rate / max(peaks),
-              statistics.median(seconds))
+              statistics.median(seconds),
+              calibrated_repeats=[per_epoch(t) * p for t, p in zip(seconds, peaks)])
     if work is not None and sigmoid_peaks:
         row.gsigmoid_per_step = work.transcendentals / 1e9
         row.floor_seconds = work.floor(max(peaks), max(sigmoid_peaks))
@@ -400,6 +403,16 @@ def calibrated_seconds(row: Row) -> float:
     return row.seconds_per_epoch * row.gflops / row.fraction_of_matmul
 
 
+def paired_ratio(a: Row, b: Row) -> tuple[float, float, float]:
+    """(median, lowest, highest) over the repeats of a's calibrated epoch time over b's
+    in the same turn. The cases take turns repeat by repeat, so each pair was measured
+    minutes apart at most, within one spell of a shared machine; the median of the pairs
+    moves less from run to run than the ratio of the two fastest repeats, which may come
+    from different spells."""
+    ratios = [x / y for x, y in zip(a.calibrated_repeats, b.calibrated_repeats)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
 def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None) -> dict:
     """The bench table; ``only``: comma-separated substrings, the cases whose names hold
     one of them (the evaluation row is "eval")."""
@@ -434,12 +447,17 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
             f"{r.gflop_per_step:10.3f} {r.gflops:8.1f} {r.fraction_of_matmul:9.1%} "
             f"{r.gsigmoid_per_step:10.4f} {r.fraction_of_floor:8.1%}")
     by_name = {r.case: r for r in rows}
-    batch_ratios = {}
+    batch_ratios, batch_ratios_paired = {}, {}
     for small, large in BATCH_PAIRS:
         if small in by_name and large in by_name:
+            model = small.replace(" B=25", "")
             ratio = calibrated_seconds(by_name[small]) / calibrated_seconds(by_name[large])
-            batch_ratios[small.replace(" B=25", "")] = ratio
-            log(f"epoch time, batch 25 / batch 100, {small.replace(' B=25', '')}: x{ratio:.2f}")
+            median, lo, hi = paired_ratio(by_name[small], by_name[large])
+            batch_ratios[model] = ratio
+            batch_ratios_paired[model] = {"median": median, "min": lo, "max": hi}
+            log(f"epoch time, batch 25 / batch 100, {model}: x{median:.2f} (median of the "
+                f"repeats paired turn by turn, x{lo:.2f}-{hi:.2f}; fastest against fastest "
+                f"x{ratio:.2f})")
     kernel_speedups, of_dense_floor = {}, {}
     for case_name, loops in by_name.items():
         if case_name.endswith(TORCH_LOOPS) and case_name[:-len(TORCH_LOOPS)] in by_name:
@@ -466,7 +484,8 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
             f"({scaling['deviation']:+.1%})")
     out = {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
            "matmul_gflops": peak, "rows": [asdict(r) for r in rows], "k_scaling": scaling,
-           "batch25_over_batch100": batch_ratios, "kernel_speedup": kernel_speedups,
+           "batch25_over_batch100": batch_ratios,
+           "batch25_over_batch100_paired": batch_ratios_paired, "kernel_speedup": kernel_speedups,
            "kernel_of_torch_loops_floor": of_dense_floor}
     if pyro and device.type == "cpu" and not wanted:
         for key, dreams, what in (("pyro", 1, "100 dreams (the same work)"),

@@ -56,6 +56,17 @@ def test_rows_take_the_fastest_repeat_against_the_fastest_calibration():
     assert row.fraction_of_matmul == pytest.approx(4.0 / 200.0)
 
 
+def test_paired_ratio_divides_the_repeats_of_each_turn_in_calibrated_time():
+    # repeat i of each case: epoch time 10 dt_i at calibration p_i; a's turns are twice
+    # b's in calibrated time but for one slow spell of a (x4 in the second turn)
+    a = bench._row("a", [2.0, 8.0, 2.0], lambda dt: 10 * dt, 1e9, [100.0, 100.0, 50.0])
+    b = bench._row("b", [1.0, 1.0, 0.5], lambda dt: 10 * dt, 1e9, [100.0, 100.0, 100.0])
+    assert a.calibrated_repeats == [2000.0, 8000.0, 1000.0]
+    assert bench.paired_ratio(a, b) == (2.0, 2.0, 8.0)
+    # the fastest against the fastest mixes turns: 2 x 100 over 0.5 x 100 -> x4
+    assert bench.calibrated_seconds(a) / bench.calibrated_seconds(b) == pytest.approx(4.0)
+
+
 def test_evaluation_flops_are_the_float32_products_of_the_proposals():
     """Q_0 once per point, P_0 once per proposal, and the data term's x W (once per
     point) and its matrix-vector product with each proposal; the int8 path is counted
