@@ -413,9 +413,11 @@ def paired_ratio(a: Row, b: Row) -> tuple[float, float, float]:
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
-def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None) -> dict:
+def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None,
+        repeats: int = 5) -> dict:
     """The bench table; ``only``: comma-separated substrings, the cases whose names hold
-    one of them (the evaluation row is "eval")."""
+    one of them (the evaluation row is "eval"); ``repeats``: timed repeats of each
+    training case."""
     device = torch.device(device)
     allocator.retain_freed_memory()
     train_x = datasets.load("binarized_mnist")["train"]
@@ -431,7 +433,7 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
     rows = []
     header = (f"{'case':34s} {'s/step':>9s} {'s/epoch':>8s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
               f"{'of matmul':>9s} {'Gsigm/step':>10s} {'of floor':>8s}")
-    log(header + "   (fastest of 5 repeats, fastest calibration)")
+    log(header + f"   (fastest of {repeats} repeats, fastest calibration)")
 
     def steps_of(case):
         if _autoregressive(case):
@@ -441,7 +443,8 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
     wanted = only.split(",") if only else None
     if wanted:
         cases = [c for c in CASES if any(w in c.name for w in wanted)]
-    for r in time_trainings(cases, train_x, calibrate, steps_of, device, sigmoids=sigmoids):
+    for r in time_trainings(cases, train_x, calibrate, steps_of, device, repeats,
+                            sigmoids=sigmoids):
         rows.append(r)
         log(f"{r.case:34s} {r.seconds_per_step * 1e3:7.2f}ms {r.seconds_per_epoch:8.2f} "
             f"{r.gflop_per_step:10.3f} {r.gflops:8.1f} {r.fraction_of_matmul:9.1%} "
@@ -483,6 +486,7 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
         log(f"K=50 vs K=5: time x{scaling['time_ratio']:.2f}, FLOPs x{scaling['flop_ratio']:.2f} "
             f"({scaling['deviation']:+.1%})")
     out = {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+           "repeats": repeats,
            "matmul_gflops": peak, "rows": [asdict(r) for r in rows], "k_scaling": scaling,
            "batch25_over_batch100": batch_ratios,
            "batch25_over_batch100_paired": batch_ratios_paired, "kernel_speedup": kernel_speedups,

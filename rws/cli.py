@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", default=None, metavar="NAMES",
                    help="comma-separated substrings: only the cases whose names hold one "
                         "(e.g. 'nade,darn', 'B=25', 'eval'); no Pyro comparison")
+    b.add_argument("--repeats", type=_positive_int, default=5,
+                   help="timed repeats of each training case, taken in turns (default 5; "
+                        "more steady the paired batch-25/batch-100 ratio on a shared machine)")
     b.add_argument("--json", dest="json_out", default=None, help="also write the table here")
     _add_common(b)
 
@@ -403,7 +406,7 @@ def cmd_bench(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = bench.run(resolve_device(args.device), quick=args.quick, pyro=not args.no_pyro,
-                    only=args.only)
+                    only=args.only, repeats=args.repeats)
     if args.json_out:
         results.write_json(Path(args.json_out), {**out, "environment": results.environment(args.device)})
 

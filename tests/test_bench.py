@@ -67,6 +67,15 @@ def test_paired_ratio_divides_the_repeats_of_each_turn_in_calibrated_time():
     assert bench.calibrated_seconds(a) / bench.calibrated_seconds(b) == pytest.approx(4.0)
 
 
+def test_run_pairs_the_batch_sizes_repeat_by_repeat():
+    lines = []
+    out = bench.run(quick=True, log=lines.append, only="rws sbn:200 K=5 B=", repeats=2)
+    assert out["repeats"] == 2 and [len(r["calibrated_repeats"]) for r in out["rows"]] == [2, 2]
+    paired = out["batch25_over_batch100_paired"]["rws sbn:200 K=5"]
+    assert paired["min"] <= paired["median"] <= paired["max"]
+    assert any("median of the repeats paired turn by turn" in line for line in lines)
+
+
 def test_evaluation_flops_are_the_float32_products_of_the_proposals():
     """Q_0 once per point, P_0 once per proposal, and the data term's x W (once per
     point) and its matrix-vector product with each proposal; the int8 path is counted
