@@ -81,7 +81,8 @@ class FusedAdam(torch.optim.Adam):
         """(exp_avgs, exp_avg_sqs, steps) of a plain group whose state exists, else None."""
         cached = self._buffers.get(index)
         states = [self.state.get(p) for p in group["params"]]
-        if cached is not None and all(s is c for s, c in zip(states, cached[3])):
+        if (cached is not None and len(states) == len(cached[3])
+                and all(s is c for s, c in zip(states, cached[3]))):
             return cached[:3]
         params = group["params"]
         if (not params or any(not s or "exp_avg" not in s for s in states)
