@@ -182,7 +182,7 @@ class Row:
     floor_seconds: float = math.nan       # Work.floor at the fastest calibrations
     fraction_of_floor: float = math.nan   # floor_seconds / seconds_per_step
     # each repeat's epoch time x the calibration taken just before it (GFLOP/s), in order
-    calibrated_repeats: list = field(default_factory=list)
+    calibrated_repeats: list[float] = field(default_factory=list)
 
 
 def setup_case(case: Case, train_x, device="cpu"):

@@ -65,8 +65,9 @@ class FusedAdam(torch.optim.Adam):
     """
 
     def __init__(self, params, **options):
+        # group index -> (exp_avgs, exp_avg_sqs, steps, the states they were taken from)
+        self._buffers: dict[int, tuple[list, list, list, list]] = {}
         super().__init__(params, fused=True, **options)
-        self._buffers: dict[int, tuple] = {}
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
@@ -74,8 +75,7 @@ class FusedAdam(torch.optim.Adam):
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
-        if hasattr(self, "_buffers"):
-            self._buffers.clear()
+        self._buffers.clear()
 
     def _group_buffers(self, index: int, group: dict):
         """(exp_avgs, exp_avg_sqs, steps) of a plain group whose state exists, else None."""

@@ -71,8 +71,12 @@ def test_run_pairs_the_batch_sizes_repeat_by_repeat():
     lines = []
     out = bench.run(quick=True, log=lines.append, only="rws sbn:200 K=5 B=", repeats=2)
     assert out["repeats"] == 2 and [len(r["calibrated_repeats"]) for r in out["rows"]] == [2, 2]
+    # batch 25 over batch 100, turn by turn (not the other way round, not across turns)
+    rows = {r["case"]: r["calibrated_repeats"] for r in out["rows"]}
+    turns = [s / l for s, l in zip(rows["rws sbn:200 K=5 B=25"], rows["rws sbn:200 K=5 B=100"])]
     paired = out["batch25_over_batch100_paired"]["rws sbn:200 K=5"]
-    assert paired["min"] <= paired["median"] <= paired["max"]
+    assert paired == {"median": pytest.approx(sum(turns) / 2), "min": min(turns),
+                      "max": max(turns)}
     assert any("median of the repeats paired turn by turn" in line for line in lines)
 
 

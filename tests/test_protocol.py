@@ -1,6 +1,7 @@
 """The training protocols (rws.protocol): the original code's EMA momentum against a
 hand-computed sequence of steps, and every knob reaching the update it claims to change."""
 import json
+import math
 
 import pytest
 import torch
@@ -40,6 +41,27 @@ def test_ema_momentum_leaves_parameters_without_gradient_and_their_buffer_alone(
     assert torch.allclose(a, torch.full((2,), 0.95))                 # one step of 0.05
     assert torch.allclose(opt.state[a]["delta"], torch.full((2,), 0.05))
     assert torch.allclose(b, torch.full((2,), 1 - 0.05 - 0.0975))
+
+
+def test_fused_adam_steps_are_kingma_and_bas_equations():
+    # by hand, in float64 (Kingma & Ba 2015, Algorithm 1, with L2 weight decay folded
+    # into the gradient as torch.optim.Adam does): g <- g + wd theta;
+    # m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+    # theta <- theta - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    lr, b1, b2, eps, wd = 0.1, 0.9, 0.999, 1e-8, 0.01
+    theta = torch.nn.Parameter(torch.tensor([1.0, -3.0]))
+    opt = FusedAdam([theta], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    want, m, v = [1.0, -3.0], [0.0, 0.0], [0.0, 0.0]
+    for t, grad in enumerate(([0.5, 2.0], [-2.0, 0.25], [0.125, -1.0]), start=1):
+        theta.grad = torch.tensor(grad)
+        opt.step()
+        for i, g in enumerate(grad):
+            g = g + wd * want[i]
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            want[i] -= lr * (m[i] / (1 - b1 ** t)) / (math.sqrt(v[i] / (1 - b2 ** t)) + eps)
+        assert theta.tolist() == pytest.approx(want, rel=1e-6)
+    assert opt._buffers, "steps 2 and 3 took the cached (fast) path"
 
 
 def test_fused_adam_takes_torchs_steps_bit_for_bit_and_its_fast_path(monkeypatch):
