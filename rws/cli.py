@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -292,6 +293,32 @@ def _partial(record: Path) -> Path:
     return record.with_name(record.stem + ".partial.pt")
 
 
+class EvalProgressLines:
+    """What a progress bar shows, as a line every ``every`` seconds, for an evaluation
+    whose stderr is not a terminal (``nohup rws eval ... &``): points done, hours so far
+    (earlier attempts included) and the hours left at this process's rate."""
+
+    every = 600.0
+
+    def __init__(self, resume: dict | None):
+        self.start_done = resume["done"] if resume else 0
+        self.start_seconds = resume["seconds"] if resume else 0.0
+        self.last = time.monotonic()
+
+    def update(self, progress: dict) -> None:
+        if time.monotonic() - self.last < self.every or progress["done"] == self.start_done:
+            return
+        self.last = time.monotonic()
+        print(self.line(progress), flush=True)
+
+    def line(self, progress: dict) -> str:
+        done, N, seconds = progress["done"], progress["N"], progress["seconds"]
+        per_point = (seconds - self.start_seconds) / (done - self.start_done)
+        left = per_point * (N - done) / 3600
+        return (f"eval: {done:,} of {N:,} points ({done / N:.1%}), {seconds / 3600:.2f} h so "
+                f"far, about {left:.1f} h to go")
+
+
 def _resumable_eval(args, run, path: Path, device):
     """``rws eval`` that saves its progress beside its record every minute
     (``eval-SPLIT-KK.partial.pt``) and continues from it when the same command runs
@@ -325,8 +352,12 @@ def _resumable_eval(args, run, path: Path, device):
             print(f"continuing the evaluation from {partial}: {resume['done']:,} of "
                   f"{resume['N']:,} points done", flush=True)
 
+        lines = None if _bars(args) or args.no_progress else EvalProgressLines(resume)
+
         def snapshot(progress: dict) -> None:
             results.save_checkpoint(partial, {"key": key, "progress": progress})
+            if lines is not None:
+                lines.update(progress)
 
         return evaluate(run.model, run.splits[args.split], args.K, args.seed, device,
                         _bars(args), args.split, rows, resume=resume, snapshot=snapshot)

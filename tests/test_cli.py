@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from rws.cli import EvalProgressLines
+
 
 def rws(*args, check=None):
     p = subprocess.run([sys.executable, "-m", "rws", *map(str, args)], capture_output=True,
@@ -230,6 +232,35 @@ def test_an_interrupted_eval_continues_where_it_stopped(run_dir, tmp_path):
     assert "continuing the evaluation" in p.stdout and not partial.exists()
     whole, cut = (json.loads(f.read_text()) for f in (tmp_path / "whole.json", out))
     assert cut["per_point"] == whole["per_point"] and cut["ll"] == whole["ll"]
+
+
+def test_eval_progress_lines_count_hours_left_at_this_processs_rate():
+    """Resumed at 100 points after 360 s, at 300 points after 1,080 s in all: this
+    process took 720 s for 200 points, so the 700 left take 2,520 s."""
+    lines = EvalProgressLines({"done": 100, "seconds": 360.0})
+    assert lines.line({"done": 300, "N": 1000, "seconds": 1080.0}) == (
+        "eval: 300 of 1,000 points (30.0%), 0.30 h so far, about 0.7 h to go")
+
+
+def test_an_eval_in_a_log_file_prints_progress_lines(run_dir, tmp_path):
+    """Without a terminal (nohup, a pipe) `rws eval` prints a line at its snapshots (every
+    ten minutes; here every one); --no-progress silences them."""
+    code = ("import sys, runpy; from rws import cli, estimate\n"
+            "cli.EvalProgressLines.every = 0\n"
+            "real = estimate.log_likelihood\n"
+            "estimate.log_likelihood = lambda *a, **k: real(*a, **{**k, 'snapshot_every': 0})\n"
+            "sys.argv = ['rws'] + sys.argv[1:]\n"
+            "runpy.run_module('rws', run_name='__main__')\n")
+    args = ["eval", run_dir / "checkpoint.pt", "-K", "50", "--rows", "100", "--threads", "1"]
+    for extra, expect in (([], True), (["--no-progress"], False)):
+        p = subprocess.run([sys.executable, "-c", code, *map(str, args), *extra,
+                            "--json", tmp_path / f"e{len(extra)}.json"],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("eval: ")]
+        assert bool(lines) == expect
+        if expect:
+            assert lines[0].startswith("eval: 2 of ") and "h to go" in lines[-1]
 
 
 def test_the_suites_warnings_print_as_one_line_and_others_keep_their_source():
