@@ -22,6 +22,9 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
                                      estimates), and whether it rises with K
     figures/ll_vs_train_k.{png,svg}  test LL against training K, one line per model/method
                                      and setting (protocol, learning-rate decay)
+    tables/ll_vs_eval_k.{md,csv}     each run that ``rws eval`` tested: every estimate
+                                     (its record's and its eval records') by evaluation
+                                     K, with the rise over the previous K (paired SE)
     figures/ll_vs_eval_k.{png,svg}   LL against evaluation K (from eval records)
     figures/ll_vs_epoch.{png,svg}    validation LL against epoch, a panel per experiment
                                      (the runs' directory) and model, a line per method/K
@@ -142,10 +145,15 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(runs), pd.DataFrame(epochs), pd.DataFrame(evals)
 
 
+def _markdown(df: pd.DataFrame) -> str:
+    """A markdown table, numbers to 2 decimals, missing values as empty cells (not NaN)."""
+    return df.astype(object).where(df.notna(), "").to_markdown(index=False, floatfmt=".2f")
+
+
 def _write_table(df: pd.DataFrame, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{name}.csv", index=False)
-    (out / f"{name}.md").write_text(df.to_markdown(index=False, floatfmt=".2f") + "\n")
+    (out / f"{name}.md").write_text(_markdown(df) + "\n")
 
 
 def with_largest_eval(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
@@ -167,7 +175,7 @@ def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
     if runs.empty:
         return
     curve = k_curve(runs, evals)          # at one evaluation K per row, not each run's largest
-    runs = with_largest_eval(runs, evals)
+    record_tests, runs = runs, with_largest_eval(runs, evals)
     cols = ["data", "model", "method", "K", "setting", "batch_size", "epochs", "stopped_by",
             "test_ll", "test_se", "test_k", "seconds_per_epoch", "train_hours",
             "valid_hours", "test_seconds", "parameters", "seed"]
@@ -186,7 +194,7 @@ def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
                              aggfunc="median").reset_index()
     _write_table(speed, out, "seconds_per_epoch")
     if not evals.empty:
-        _write_table(evals.sort_values(["run", "eval_K"]), out, "ll_vs_eval_k")
+        _write_table(eval_k_table(record_tests, evals), out, "ll_vs_eval_k")
 
 
 def _points(estimate: dict) -> np.ndarray | None:
@@ -204,6 +212,46 @@ def paired_step(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
 
 
+def _step(a, b) -> tuple[float, float, str]:
+    """(rise b.ll - a.ll, its standard error, "paired" or "combined") of two estimates
+    with ``ll``, ``se`` and ``points`` (per-point values or None): paired over the points
+    (``paired_step``) where both kept them on the same points, else sqrt(se_a^2 + se_b^2)."""
+    if a.points is not None and b.points is not None and len(a.points) == len(b.points):
+        return b.ll - a.ll, paired_step(a.points, b.points)[1], "paired"
+    return b.ll - a.ll, math.hypot(a.se, b.se), "combined"
+
+
+def eval_k_table(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
+    """Each run that ``rws eval`` tested, estimate by estimate: its record's own test
+    (source "record") and its eval records, by split and evaluation K, each with its
+    ``rise`` over the run's previous estimate of the same split and that rise's standard
+    error (``_step``: paired over the points where both kept them). log p^_K is a lower
+    bound that rises with K in expectation, so a rise from one K to a larger one that is
+    large against its error says the smaller K had not converged; at equal K it measures
+    the re-test's noise. ``runs``: the records' own tests (as from ``load_records``)."""
+    cols = ["run", "data", "model", "method", "train_K", "split", "eval_K", "source", "ll",
+            "se", "seconds"]
+    own = runs[runs.run.isin(evals.run)]
+    entries = pd.concat([
+        pd.DataFrame({"run": own.run, "data": own.data, "model": own.model,
+                      "method": own.method, "train_K": own.K, "split": "test",
+                      "eval_K": own.test_k, "source": "record", "ll": own.test_ll,
+                      "se": own.test_se, "seconds": own.test_seconds,
+                      "points": own.test_points if "test_points" in own else None}),
+        evals.assign(source="rws eval",
+                     points=evals.per_point if "per_point" in evals else None)])
+    rows = []
+    for _, g in entries.sort_values(["run", "split", "eval_K", "source"]).groupby(
+            ["run", "split"], sort=False):
+        before = None
+        for e in g.itertuples():
+            rise, se, kind = _step(before, e) if before is not None else (math.nan, math.nan, "")
+            rows.append({**{c: getattr(e, c) for c in cols}, "rise": rise, "rise_se": se,
+                         "rise_se_is": kind})
+            before = e
+    return pd.DataFrame(rows, columns=[*cols, "rise", "rise_se", "rise_se_is"])
+
+
 def _test_estimates(runs: pd.DataFrame, evals: pd.DataFrame | None) -> dict:
     """{run: {eval K: (ll, se, per-point values or None)}}: each run's record test and its
     ``rws eval`` test records."""
@@ -219,20 +267,11 @@ def _test_estimates(runs: pd.DataFrame, evals: pd.DataFrame | None) -> dict:
 
 
 def _steps(g: pd.DataFrame) -> tuple[list[float], list[float], list[bool]]:
-    """Each step of a K curve (rows sorted by K): the rise in test LL, its standard error
-    (paired, ``paired_step``, where both cells have per-point values on the same points;
-    else combined) and whether it is paired."""
-    rises, ses, paired = [], [], []
-    for (a, b) in zip(g.iloc[:-1].itertuples(), g.iloc[1:].itertuples()):
-        rises.append(b.test_ll - a.test_ll)
-        if (a.points is not None and b.points is not None
-                and len(a.points) == len(b.points)):
-            ses.append(paired_step(a.points, b.points)[1])
-            paired.append(True)
-        else:
-            ses.append(math.hypot(a.test_se, b.test_se))
-            paired.append(False)
-    return rises, ses, paired
+    """Each step of a K curve (rows sorted by K, with test_ll, test_se, points): the rise
+    in test LL, its standard error (``_step``) and whether it is paired."""
+    cells = list(g.rename(columns={"test_ll": "ll", "test_se": "se"}).itertuples())
+    steps = [_step(a, b) for a, b in zip(cells[:-1], cells[1:])]
+    return [d for d, _, _ in steps], [se for _, se, _ in steps], [k == "paired" for *_, k in steps]
 
 
 def k_curve(runs: pd.DataFrame, evals: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -481,8 +520,7 @@ def published_table(runs: pd.DataFrame, evals: pd.DataFrame, path: str | Path,
             df[col] = df[col].astype("Int64")
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "published.csv", index=False)
-    shown = df.astype(object).where(df.notna(), "")      # empty cells, not NaN
-    lines = [shown.to_markdown(index=False, floatfmt=".2f") if len(df) else "(no entries)", "",
+    lines = [_markdown(df) if len(df) else "(no entries)", "",
              "Published values that could not be read (cells left empty, nothing quoted "
              "from memory):", ""]
     lines += [f"- {n['source']}: {n['what']}" for n in not_found]

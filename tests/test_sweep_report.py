@@ -194,6 +194,37 @@ def test_the_report_pairs_steps_from_the_per_point_values_in_the_records(tmp_pat
     assert curve.steps.tolist() == ["+5.00 ± 0"] and curve["step SE"].tolist() == ["paired"]
 
 
+def test_the_eval_k_table_gives_each_rise_with_its_paired_error():
+    """A run tested by its record at K = 1,000 and by `rws eval` at 10,000 and 100,000,
+    each on the same four points: each rise is the mean of the per-point differences,
+    its error their standard deviation over sqrt(4); an eval record without per-point
+    values gets the combined error; another split starts a sequence of its own."""
+    pts = [np.array([-100.0, -90.0, -80.0, -70.0]), np.array([-99.0, -89.5, -78.0, -69.5]),
+           np.array([-98.0, -89.0, -78.0, -69.0])]
+    runs = pd.DataFrame({"run": ["a"], "data": "d", "model": "m", "method": "rws", "K": [5],
+                         "test_ll": [pts[0].mean()], "test_se": [5.0], "test_k": [1000],
+                         "test_seconds": [1.0], "test_points": [pts[0]]})
+    evals = pd.DataFrame({"run": "a", "data": "d", "model": "m", "method": "rws", "train_K": 5,
+                          "split": ["test", "test", "test", "valid"],
+                          "eval_K": [100000, 10000, 5000, 5000],
+                          "ll": [pts[2].mean(), pts[1].mean(), -84.0, -83.0],
+                          "se": [5.0, 5.0, 3.0, 4.0], "seconds": 1.0,
+                          "per_point": [pts[2], pts[1], None, None]})
+    t = report.eval_k_table(runs, evals)
+    assert t.split.tolist() == ["test"] * 4 + ["valid"]
+    assert t.eval_K.tolist() == [1000, 5000, 10000, 100000, 5000]
+    assert t.source.tolist() == ["record"] + ["rws eval"] * 4
+    assert math.isnan(t.rise[0]) and math.isnan(t.rise[4]) and t.rise_se_is[4] == ""
+    # 1,000 -> 5,000 (no per-point values): combined; 5,000 -> 10,000 likewise;
+    # 10,000 -> 100,000: differences [1, 0.5, 0, 0.5], mean 0.5, sd sqrt(1/6)
+    assert t.rise_se_is.tolist()[1:4] == ["combined", "combined", "paired"]
+    assert t.rise[1] == pytest.approx(-84.0 - pts[0].mean())
+    assert t.rise_se[1] == pytest.approx(math.hypot(5.0, 3.0))
+    assert t.rise[3] == pytest.approx(0.5)
+    assert t.rise_se[3] == pytest.approx(math.sqrt(1 / 6) / 2)
+    assert "per_point" not in t and "points" not in t
+
+
 def test_the_k_curve_compares_its_cells_at_one_evaluation_k():
     # K=5 was also tested at K=100,000 (1.2 nats higher): the curve keeps it at the
     # K=5,000 that all three cells share, so its step is not lifted by the larger K
