@@ -25,7 +25,8 @@ Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) a
     tables/ll_vs_eval_k.{md,csv}     each run that ``rws eval`` tested: every estimate
                                      (its record's and its eval records') by evaluation
                                      K, with the rise over the previous K (paired SE)
-    figures/ll_vs_eval_k.{png,svg}   LL against evaluation K (from eval records)
+    figures/ll_vs_eval_k.{png,svg}   those runs' test estimates against evaluation K, as
+                                     the rise over each run's smallest K
     figures/ll_vs_epoch.{png,svg}    validation LL against epoch, a panel per experiment
                                      (the runs' directory) and model, a line per method/K
     figures/time_to_quality.{png,svg} validation LL against training seconds, a panel per
@@ -231,15 +232,16 @@ def eval_k_table(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     the re-test's noise. ``runs``: the records' own tests (as from ``load_records``)."""
     cols = ["run", "data", "model", "method", "train_K", "split", "eval_K", "source", "ll",
             "se", "seconds"]
-    own = runs[runs.run.isin(evals.run)]
-    entries = pd.concat([
-        pd.DataFrame({"run": own.run, "data": own.data, "model": own.model,
-                      "method": own.method, "train_K": own.K, "split": "test",
-                      "eval_K": own.test_k, "source": "record", "ll": own.test_ll,
-                      "se": own.test_se, "seconds": own.test_seconds,
-                      "points": own.test_points if "test_points" in own else None}),
-        evals.assign(source="rws eval",
-                     points=evals.per_point if "per_point" in evals else None)])
+    parts = [evals.assign(source="rws eval",
+                          points=evals.per_point if "per_point" in evals else None)]
+    own = runs[runs.run.isin(evals.run)] if not runs.empty else runs
+    if not own.empty:
+        parts.append(pd.DataFrame({
+            "run": own.run, "data": own.data, "model": own.model, "method": own.method,
+            "train_K": own.K, "split": "test", "eval_K": own.test_k, "source": "record",
+            "ll": own.test_ll, "se": own.test_se, "seconds": own.test_seconds,
+            "points": own.test_points if "test_points" in own else None}))
+    entries = pd.concat(parts)
     rows = []
     for _, g in entries.sort_values(["run", "split", "eval_K", "source"]).groupby(
             ["run", "split"], sort=False):
@@ -553,14 +555,20 @@ def figures(runs: pd.DataFrame, epochs: pd.DataFrame, evals: pd.DataFrame, out: 
                title="Test log-likelihood against training K")
         ax.legend(fontsize=8, loc="lower right")
         save(fig, "ll_vs_train_k")
-    if not evals.empty and evals.groupby("run").eval_K.nunique().max() > 1:
+    tested = eval_k_table(runs, evals) if not evals.empty else evals
+    tested = tested[tested.split == "test"] if not tested.empty else tested
+    if not tested.empty and tested.groupby("run").eval_K.nunique().max() > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
-        d = evals.assign(series=evals.model.astype(str) + " " + evals.method.astype(str))
-        d = d[d.groupby("run").eval_K.transform("nunique") > 1]   # runs evaluated at several K
-        sns.lineplot(d, x="eval_K", y="ll", hue="series", marker="o", ax=ax, errorbar=None)
-        ax.set(xscale="log", xlabel="evaluation samples K", ylabel="log p^_K (nats)",
-               title="Log-likelihood estimate against evaluation K")
-        ax.legend(fontsize=8, loc="lower right")
+        d = tested[tested.groupby("run").eval_K.transform("nunique") > 1]  # at several K
+        d = d.assign(series=d.data.astype(str) + " " + d.model.astype(str) + " "
+                     + d.method.astype(str) + " K=" + d.train_K.astype(str),
+                     rise=d.ll - d.groupby("run").ll.transform("first"))  # sorted by K
+        sns.lineplot(d, x="eval_K", y="rise", hue="series", units="run", estimator=None,
+                     marker="o", ax=ax)
+        ax.set(xscale="log", xlabel="evaluation samples K",
+               ylabel="log p^_K - log p^ at the smallest K (nats)",
+               title="How far the test estimate rises with the evaluation K")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
         save(fig, "ll_vs_eval_k")
     valid = epochs.dropna(subset=["valid_ll"]) if not epochs.empty else epochs
     if not valid.empty:
