@@ -24,6 +24,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _point_range(text: str) -> tuple[int, int]:
+    """'A:B' -> (A, B), 0 <= A < B (B checked against the split later)."""
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A:B (e.g. 5000:10000), got '{text}'") from None
+    if not 0 <= a < b:
+        raise argparse.ArgumentTypeError(f"needs 0 <= A < B, got {a}:{b}")
+    return a, b
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -134,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the eval record (default: eval-SPLIT-KK.json beside "
                         "the checkpoint, which `rws report` reads)")
     e.add_argument("--no-save", action="store_true", help="print only, write no eval record")
+    e.add_argument("--points", type=_point_range, default=None, metavar="A:B",
+                   help="points A to B-1 of the split only: a shard, drawn from seed + A (so "
+                        "0:B gives the whole evaluation's first B points), its record "
+                        "eval-SPLIT-KK-pointsA-B.json; `rws report` joins shards that cover "
+                        "the split into one test (run shards side by side on idle cores)")
     _add_common(e)
 
     g = sub.add_parser("diagnose", help="bias, variance and signal-to-noise of every method's "
@@ -271,16 +287,24 @@ def cmd_eval(args) -> None:
     device = resolve_device(args.device)
     run = load_tested(args.checkpoint, device)
     cfg, x, model, epoch = run.state["config"], run.splits[args.split], run.model, run.epoch
-    path = Path(args.json_out or Path(args.checkpoint).parent / f"eval-{args.split}-K{args.K}.json")
+    name, shard, seed = f"eval-{args.split}-K{args.K}", {}, args.seed
+    if args.points:                  # a shard: points A..B-1, drawn from seed + A
+        (a, b), n = args.points, x.shape[0]
+        if b > n:
+            raise UserError(f"--points {a}:{b} reaches past the {args.split} split's {n:,} "
+                            f"points; give A:B with B <= {n}")
+        name, shard, seed = f"{name}-points{a}-{b}", {"points": [a, b], "split_points": n}, seed + a
+        x = x[a:b]
+    path = Path(args.json_out or Path(args.checkpoint).parent / f"{name}.json")
     if args.no_save:
-        r = evaluate(model, x, args.K, args.seed, device, _bars(args), args.split, args.rows)
+        r = evaluate(model, x, args.K, seed, device, _bars(args), args.split, args.rows)
     else:
-        r = _resumable_eval(args, run, path, device)
+        r = _resumable_eval(args, run, x, seed, shard, path, device)
     print(f"{cfg['data']}/{args.split} {cfg['model']} ({cfg['method']}, epoch {epoch}): {r}"
           f"  [{r.seconds:.1f} s]")
     if not args.no_save:
         results.write_json(path, {
-            **r.summary(), "split": args.split, "checkpoint": str(args.checkpoint),
+            **r.summary(), "split": args.split, **shard, "checkpoint": str(args.checkpoint),
             "epoch": epoch,
             "config": cfg, "seed": args.seed, "environment": results.environment(device),
             "per_point": r.per_point_list(), "ess": r.ess.tolist()})
@@ -319,10 +343,11 @@ class EvalProgressLines:
                 f"far, about {left:.1f} h to go")
 
 
-def _resumable_eval(args, run, path: Path, device):
-    """``rws eval`` that saves its progress beside its record every minute
-    (``eval-SPLIT-KK.partial.pt``) and continues from it when the same command runs
-    again, so an evaluation of hours survives an interruption."""
+def _resumable_eval(args, run, x, seed: int, shard: dict, path: Path, device):
+    """``rws eval`` of x (the split, or the shard ``shard`` names: its record's and
+    progress key's ``points``) drawn from ``seed``, that saves its progress beside its
+    record every minute (``eval-SPLIT-KK.partial.pt``) and continues from it when the
+    same command runs again, so an evaluation of hours survives an interruption."""
     import hashlib
 
     from rws import estimate, results
@@ -338,7 +363,7 @@ def _resumable_eval(args, run, path: Path, device):
             digest.update(t.detach().cpu().contiguous().numpy().tobytes())
         rows = args.rows or estimate.default_rows(run.model)
         key = {"params": digest.hexdigest(), "split": args.split, "seed": args.seed,
-               "K": args.K, "rows": rows}
+               "K": args.K, "rows": rows, **shard}
         resume = None
         if partial.exists():
             saved = results.load_checkpoint(partial, required=("key", "progress"))
@@ -359,7 +384,7 @@ def _resumable_eval(args, run, path: Path, device):
             if lines is not None:
                 lines.update(progress)
 
-        return evaluate(run.model, run.splits[args.split], args.K, args.seed, device,
+        return evaluate(run.model, x, args.K, seed, device,
                         _bars(args), args.split, rows, resume=resume, snapshot=snapshot)
     finally:
         lock.release()

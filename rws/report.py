@@ -1,7 +1,8 @@
 """Tables and figures from result records: `rws report`.
 
 Reads every ``record.json`` (one per run, from ``rws train`` or ``rws sweep``) and every
-``eval-*.json`` (from ``rws eval``) below the given directories, and writes
+``eval-*.json`` (from ``rws eval``; the shards of ``rws eval --points`` count as one test
+once they cover the split, ``joined_shards``) below the given directories, and writes
 
     tables/test_ll.{md,csv}          paper-style: test log p^_K by model and method (the
                                      best run of each; its largest-K test evaluation; its
@@ -105,7 +106,7 @@ def _json_files(paths):
 
 def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(runs, epochs, evals) data frames from every record below ``paths``."""
-    runs, epochs, evals = [], [], []
+    runs, epochs, evals, shards = [], [], [], []
     for f, rec in _json_files(paths):
         if f.name == "record.json" and rec.get("status") == "finished":
             cfg = rec["config"]
@@ -137,13 +138,40 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                                "train_ll": e["train_ll"], "valid_ll": e.get("valid_ll")})
         elif f.name.startswith("eval-") and "K" in rec and "ll" in rec:
             cfg = rec.get("config", {})
-            evals.append({"run": str(f.parent), "data": cfg.get("data"),
-                          "model": cfg.get("model"),
-                          "method": _label(cfg.get("method", "?"), cfg.get("method_options", {})),
-                          "train_K": cfg.get("K"), "eval_K": rec["K"], "split": rec.get("split"),
-                          "ll": rec["ll"], "se": rec["se"], "seconds": rec.get("seconds"),
-                          "per_point": _points(rec)})
-    return pd.DataFrame(runs), pd.DataFrame(epochs), pd.DataFrame(evals)
+            row = {"run": str(f.parent), "data": cfg.get("data"), "model": cfg.get("model"),
+                   "method": _label(cfg.get("method", "?"), cfg.get("method_options", {})),
+                   "train_K": cfg.get("K"), "eval_K": rec["K"], "split": rec.get("split"),
+                   "ll": rec["ll"], "se": rec["se"], "seconds": rec.get("seconds"),
+                   "per_point": _points(rec)}
+            if "points" in rec:
+                shards.append({**row, "points": rec["points"], "split_points": rec["split_points"],
+                               "seed": rec.get("seed")})
+            else:
+                evals.append(row)
+    return pd.DataFrame(runs), pd.DataFrame(epochs), pd.DataFrame(evals + joined_shards(shards))
+
+
+def joined_shards(shards: list[dict]) -> list[dict]:
+    """The shards of one evaluation (``rws eval --points A:B``: same run, split, K and
+    seed) joined into one test of the split where they cover its points [0, N) without
+    gap or overlap: log p^ the mean over all N points, its SE across them, the shards'
+    seconds summed. A set that does not cover the split yet gives nothing."""
+    groups: dict[tuple, list[dict]] = {}
+    for s in shards:
+        groups.setdefault((s["run"], s["split"], s["eval_K"], s["seed"]), []).append(s)
+    joined = []
+    for group in groups.values():
+        group.sort(key=lambda s: s["points"][0])
+        ends = [0] + [s["points"][1] for s in group]
+        if ([s["points"][0] for s in group] != ends[:-1] or ends[-1] != group[0]["split_points"]
+                or any(s["per_point"] is None for s in group)):
+            continue
+        values = np.concatenate([s["per_point"] for s in group])
+        row = {k: v for k, v in group[0].items() if k not in ("points", "split_points", "seed")}
+        joined.append({**row, "ll": float(values.mean()),
+                       "se": float(values.std(ddof=1) / math.sqrt(len(values))),
+                       "seconds": sum(s["seconds"] or 0.0 for s in group), "per_point": values})
+    return joined
 
 
 def _markdown(df: pd.DataFrame) -> str:

@@ -234,6 +234,48 @@ def test_an_interrupted_eval_continues_where_it_stopped(run_dir, tmp_path):
     assert cut["per_point"] == whole["per_point"] and cut["ll"] == whole["ll"]
 
 
+def test_eval_shards_join_into_one_test_of_the_split(run_dir, tmp_path):
+    """`rws eval --points A:B` evaluates a shard; the shard from 0 draws what the whole
+    evaluation draws for its points, and `rws report` joins shards that cover the split
+    into one test: the mean and standard error of all their points."""
+    from rws import report
+    args = ["eval", run_dir / "checkpoint.pt", "-K", "400", "--no-progress", "--rows", "800",
+            "--threads", "1"]
+    whole = json.loads((rws(*args, "--json", tmp_path / "whole.json", check=0), tmp_path
+                        / "whole.json")[1].read_text())
+    N = len(whole["per_point"])
+    shards = tmp_path / "shards"
+    (shards / "run").mkdir(parents=True)
+    for a, b in ((0, 600), (600, N)):
+        p = rws(*args, "--points", f"{a}:{b}", "--json", shards / "run" / f"eval-s{a}.json",
+                check=0)
+        assert "eval record:" in p.stdout
+    first, second = (json.loads((shards / "run" / f"eval-s{a}.json").read_text())
+                     for a in (0, 600))
+    assert first["points"] == [0, 600] and first["split_points"] == N
+    assert first["per_point"] == whole["per_point"][:600]       # the same draws
+    assert second["per_point"] != whole["per_point"][600:]      # seed + 600: its own
+    _, _, evals = report.load_records([shards])
+    values = np.array(first["per_point"] + second["per_point"])
+    assert len(evals) == 1 and evals.eval_K[0] == 400 and len(evals.per_point[0]) == N
+    assert evals.ll[0] == pytest.approx(values.mean())
+    assert evals.se[0] == pytest.approx(values.std(ddof=1) / np.sqrt(N))
+    (shards / "run" / "eval-s600.json").unlink()                 # a gap: no test yet
+    assert report.load_records([shards])[2].empty
+
+
+@pytest.mark.parametrize("points, message", [
+    ("5:3", "needs 0 <= A < B, got 5:3"),
+    ("a:b", "expected A:B (e.g. 5000:10000), got 'a:b'"),
+    ("0:99999", "--points 0:99999 reaches past the test split's"),
+])
+def test_a_bad_point_range_gets_one_clear_line(run_dir, tmp_path, points, message):
+    p = rws("eval", run_dir / "checkpoint.pt", "-K", "2", "--points", points, "--json",
+            tmp_path / "e.json", check=2)
+    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "e.json").exists()
+
+
 def test_eval_progress_lines_count_hours_left_at_this_processs_rate():
     """Resumed at 100 points after 360 s, at 300 points after 1,080 s in all: this
     process took 720 s for 200 points, so the 700 left take 2,520 s."""
