@@ -91,7 +91,9 @@ def log_likelihood(model, data: torch.Tensor, K: int, *, generator=None, rows: i
     most every ``snapshot_every`` seconds, and a later call with the same model, data, K,
     rows and ``resume=state`` continues from it. ``state`` holds the finished points'
     estimates and the generator's state, so the continued evaluation draws what an
-    uninterrupted one would have drawn.
+    uninterrupted one would have drawn. Stopped by KeyboardInterrupt (Ctrl-C; ``rws
+    eval`` turns SIGTERM into one), it snapshots the points before the pass it was in,
+    with the generator as that pass found it, and re-raises.
     """
     if K < 1:
         raise ValueError(f"K must be >= 1, got {K}")
@@ -116,26 +118,37 @@ def log_likelihood(model, data: torch.Tensor, K: int, *, generator=None, rows: i
         generator.set_state(resume["generator"])
     last_snapshot = time.perf_counter()
 
-    def state(upto: int) -> dict:
+    def state(upto: int, generator_state=None) -> dict:
+        """Progress after the points before ``upto``, whose passes left the generator in
+        ``generator_state`` (default: its state now)."""
         return {"K": K, "rows": rows, "N": N, "done": upto, "per_point": per_point[:upto].clone(),
-                "ess": ess[:upto].clone(), "generator": generator.get_state(),
+                "ess": ess[:upto].clone(),
+                "generator": generator.get_state() if generator_state is None else generator_state,
                 "seconds": seconds_before + time.perf_counter() - t0}
 
     was_training = model.training
     model.eval()
     bar = tqdm(total=N, initial=done, desc=desc, disable=not progress, leave=False, unit="pt")
-    with int8.evaluation():                     # weights fixed: int8 pieces cut once
-        for start in range(done, N, points):
-            if snapshot is not None and time.perf_counter() - last_snapshot >= snapshot_every:
-                snapshot(state(start))
-                last_snapshot = time.perf_counter()
-            x = data[start:start + points].to(device=device, dtype=torch.float32)
-            acc = StreamingLogMeanExp(x.shape[0], device)
-            for s in range(0, K, chunk):
-                acc.add(model.log_weights(x, min(chunk, K - s), generator))
-            per_point[start:start + x.shape[0]] = acc.log_mean().cpu()
-            ess[start:start + x.shape[0]] = acc.ess().cpu()
-            bar.update(x.shape[0])
+    begun = (done, generator.get_state() if snapshot is not None else None)
+    try:
+        with int8.evaluation():                 # weights fixed: int8 pieces cut once
+            for start in range(done, N, points):
+                if snapshot is not None:
+                    if time.perf_counter() - last_snapshot >= snapshot_every:
+                        snapshot(state(start))
+                        last_snapshot = time.perf_counter()
+                    begun = (start, generator.get_state())   # this pass's first draw
+                x = data[start:start + points].to(device=device, dtype=torch.float32)
+                acc = StreamingLogMeanExp(x.shape[0], device)
+                for s in range(0, K, chunk):
+                    acc.add(model.log_weights(x, min(chunk, K - s), generator))
+                per_point[start:start + x.shape[0]] = acc.log_mean().cpu()
+                ess[start:start + x.shape[0]] = acc.ess().cpu()
+                bar.update(x.shape[0])
+    except KeyboardInterrupt:                   # stopped: keep every point before this pass
+        if snapshot is not None:
+            snapshot(state(*begun))
+        raise
     bar.close()
     model.train(was_training)
     mean = float(per_point.mean())

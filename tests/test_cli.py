@@ -234,6 +234,39 @@ def test_an_interrupted_eval_continues_where_it_stopped(run_dir, tmp_path):
     assert cut["per_point"] == whole["per_point"] and cut["ll"] == whole["ll"]
 
 
+def test_a_killed_eval_says_so_and_keeps_its_progress(run_dir, tmp_path):
+    """SIGTERM (and SIGINT, which a shell script's `cmd &` ignores) stop `rws eval` as
+    Ctrl-C does: the progress up to the pass it was in is saved, it says how to resume,
+    and the resumed run gives the uninterrupted record."""
+    import signal
+    import time
+    args = ["eval", run_dir / "checkpoint.pt", "-K", "3000", "--no-progress", "--threads", "1"]
+    rws(*args, "--json", tmp_path / "whole.json", check=0)
+    out, partial = tmp_path / "cut.json", tmp_path / "cut.partial.pt"
+    code = ("import sys, runpy; from rws import estimate\n"     # a snapshot every pass
+            "real = estimate.log_likelihood\n"
+            "estimate.log_likelihood = lambda *a, **k: real(*a, **{**k, 'snapshot_every': 0})\n"
+            "sys.argv = ['rws'] + sys.argv[1:]\n"
+            "runpy.run_module('rws', run_name='__main__')\n")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        before = partial.stat().st_mtime_ns if partial.exists() else None
+        p = subprocess.Popen([sys.executable, "-c", code, *map(str, args), "--json", out],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        t_end = time.monotonic() + 60
+        while time.monotonic() < t_end and (   # until a snapshot is written: evaluating
+                not partial.exists() or partial.stat().st_mtime_ns == before):
+            time.sleep(0.05)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 130 and "interrupted; run the same command again" in err
+        assert partial.exists() and not out.exists()
+    p = rws(*args, "--json", out, check=0)
+    assert "continuing the evaluation" in p.stdout and not partial.exists()
+    whole, cut = (json.loads(f.read_text()) for f in (tmp_path / "whole.json", out))
+    assert cut["per_point"] == whole["per_point"]
+
+
 def test_eval_shards_join_into_one_test_of_the_split(run_dir, tmp_path):
     """`rws eval --points A:B` evaluates a shard; the shard from 0 draws what the whole
     evaluation draws for its points, and `rws report` joins shards that cover the split

@@ -160,3 +160,33 @@ def test_an_interrupted_evaluation_continues_to_the_same_estimates(K, rows):
     with pytest.raises(ValueError, match=f"not K={K + 1}"):
         estimate.log_likelihood(model, x, K + 1, generator=torch.Generator(), rows=rows,
                                 resume=saved[-1])
+
+
+@pytest.mark.parametrize("K, rows", [(3, 6), (40, 16)])
+def test_an_evaluation_stopped_mid_pass_saves_the_points_before_that_pass(K, rows, monkeypatch):
+    """Ctrl-C (or SIGTERM, which `rws eval` turns into one) inside a pass: the last
+    snapshot holds every point before that pass and the generator as that pass found it,
+    so the continued evaluation gives the uninterrupted estimates."""
+    model = tiny_model("sbn:3-2", seed=2)
+    x = data_points(n=9)
+    whole = estimate.log_likelihood(model, x, K, generator=torch.Generator().manual_seed(5),
+                                    rows=rows)
+    real, calls = model.log_weights, []
+
+    def stop_at_the_fifth_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(model, "log_weights", stop_at_the_fifth_chunk)
+    saved = []
+    with pytest.raises(KeyboardInterrupt):
+        estimate.log_likelihood(model, x, K, generator=torch.Generator().manual_seed(5),
+                                rows=rows, snapshot=saved.append, snapshot_every=1e9)
+    per_pass, chunks = max(1, rows // K), -(-K // min(K, rows))    # points, chunks a pass
+    assert saved[-1]["done"] == 4 // chunks * per_pass > 0          # the passes done before
+    monkeypatch.setattr(model, "log_weights", real)
+    rest = estimate.log_likelihood(model, x, K, generator=torch.Generator(), rows=rows,
+                                   resume=saved[-1])
+    assert torch.equal(rest.per_point, whole.per_point) and torch.equal(rest.ess, whole.ess)
