@@ -11,9 +11,10 @@ once they cover the split, ``joined_shards``) below the given directories, and w
                                      s/epoch
     tables/seconds_per_epoch.{md,csv}
     tables/progress.{md,csv}         every run record, finished or not: status, epochs
-                                     done, best validation LL so far, hours so far; and
-                                     every cell that could not run (its error.json), e.g.
-                                     "not run: data not available"
+                                     done, best validation LL so far, hours so far; every
+                                     cell that could not run (its error.json), e.g.
+                                     "not run: data not available"; and every unfinished
+                                     ``rws eval`` (its eval-*.partial.pt): points done
     tables/published.{md,csv}        ours beside each published number of a
                                      ``published.toml`` (source, status, difference),
                                      and the sources whose tables nobody could read
@@ -425,10 +426,35 @@ def progress_table(paths, out: Path) -> int:
                            train_hours=sum(e["seconds"] for e in rec.get("epochs", [])) / 3600,
                            test_ll=(rec.get("test") or {}).get("ll"))
             rows.append(row)
+        rows += [] if p.is_file() else _unfinished_evaluations(p)
     if rows:
         _write_table(pd.DataFrame(rows).sort_values(["data", "model", "method", "K"]), out,
                      "progress")
     return len(rows)
+
+
+def _unfinished_evaluations(path: Path) -> list[dict]:
+    """A progress row for each unfinished ``rws eval`` below path (its
+    ``eval-*.partial.pt``): split, K, the shard if it is one, points done, hours so far;
+    the run's data, model and method from the record beside it."""
+    from rws import results
+    rows = []
+    for f in sorted(path.rglob("eval-*.partial.pt")):
+        try:
+            saved = results.load_checkpoint(f, required=("key", "progress"))
+        except UserError:
+            continue
+        key, progress = saved["key"], saved["progress"]
+        _, cfg = _read_with_config(f.parent / "record.json")
+        cfg = cfg or {}
+        shard = (f" of points {key['points'][0]}:{key['points'][1]}" if "points" in key else "")
+        rows.append({"run": f.parent.name, "data": cfg.get("data"), "model": cfg.get("model"),
+                     "method": _label(cfg.get("method", "?"), cfg.get("method_options", {})),
+                     "K": cfg.get("K"),
+                     "status": f"evaluating {key['split']} at K={key['K']:,}{shard}: "
+                               f"{progress['done']:,} of {progress['N']:,} points, "
+                               f"{progress['seconds'] / 3600:.2f} h so far"})
+    return rows
 
 
 def _why_not(error: str) -> str:

@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from rws import report, sweep
+from rws import report, results, sweep
 from rws.errors import UserError
 
 TINY = {"data": "dna", "epochs": 1, "batch_size": 100, "valid_k": 2, "test_k": 2,
@@ -374,7 +375,16 @@ def test_progress_lists_running_runs_and_cells_that_could_not_run(tmp_path):
     (runs / "rcv1" / "error.json").write_text(json.dumps({
         "config": {"data": "rcv1", "model": "sbn:200", "method": "rws", "K": 5},
         "error": "UserError: data set 'rcv1' is not shipped and could not be downloaded"}))
+    results.save_checkpoint(runs / "done" / "eval-test-K100000-points0-5000.partial.pt", {
+        "key": {"params": "x", "split": "test", "seed": 1, "K": 100000, "rows": 1337,
+                "points": [0, 5000], "split_points": 10000},
+        "progress": {"K": 100000, "rows": 1337, "N": 5000, "done": 975,
+                     "per_point": torch.zeros(975), "ess": torch.ones(975),
+                     "generator": torch.Generator().get_state(), "seconds": 2520.0}})
+    (runs / "done" / "eval-test-K5000.partial.pt").write_bytes(b"half a file")   # passed over
     report.report([runs], tmp_path / "out")
     table = (tmp_path / "out" / "tables" / "progress.md").read_text()
     assert "running" in table and "finished" in table
     assert "not run: data not available" in table
+    assert ("evaluating test at K=100,000 of points 0:5000: 975 of 5,000 points, 0.70 h so far"
+            in table) and table.count("evaluating") == 1
