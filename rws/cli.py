@@ -228,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "results/published.toml where it exists; 'none' for no such table)")
     r.add_argument("--debug", action="store_true")
 
+    g = sub.add_parser("progress", help="the unfinished work below result directories: runs "
+                       "still training, cells that could not run, evaluations under way")
+    g.add_argument("paths", nargs="*", default=["results/runs"],
+                   help="directories searched recursively (default: results/runs)")
+    g.add_argument("--all", action="store_true", help="finished runs too")
+    g.add_argument("--debug", action="store_true")
+
     d = sub.add_parser("datasets", help="list the registered data sets")
     d.add_argument("--debug", action="store_true")
     return parser
@@ -482,6 +489,21 @@ def cmd_report(args) -> None:
              if published else ""))
 
 
+def cmd_progress(args) -> None:
+    from rws.report import _markdown, progress_rows
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise UserError(f"{', '.join(missing)}: no such directory; give the directories that "
+                        "hold the runs (rws sweep's out, rws train's --out)")
+    rows = progress_rows(args.paths)
+    if not rows.empty and not args.all:
+        rows = rows[rows.status != "finished"]
+    if rows.empty:
+        print(f"nothing {'' if args.all else 'unfinished '}below {', '.join(args.paths)}")
+        return
+    print(_markdown(rows.dropna(axis=1, how="all")))
+
+
 def cmd_datasets(args) -> None:
     from rws.data import REGISTRY
     print(f"{'name':28s} {'dim':>5s} {'train':>7s} {'valid':>7s} {'test':>7s}  source")
@@ -495,6 +517,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose,
             "sweep": cmd_sweep,
             "bench": cmd_bench,
             "report": cmd_report,
+            "progress": cmd_progress,
             "datasets": cmd_datasets}
 
 

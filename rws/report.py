@@ -403,9 +403,17 @@ def _read_with_config(f: Path) -> tuple[dict | None, dict | None]:
 
 
 def progress_table(paths, out: Path) -> int:
+    """Writes ``progress_rows`` as tables/progress.{md,csv}; returns the rows written."""
+    rows = progress_rows(paths)
+    if not rows.empty:
+        _write_table(rows, out, "progress")
+    return len(rows)
+
+
+def progress_rows(paths) -> pd.DataFrame:
     """Every run record below paths, finished or still running (long experiments are
-    committed as they go), and every cell that could not run (its error.json): one row
-    each. Returns the rows written."""
+    committed as they go), every cell that could not run (its error.json) and every
+    unfinished ``rws eval``: one row each, by data, model, method and K."""
     rows = []
     for p in map(Path, paths):
         records = [p] if p.is_file() else sorted(p.rglob("record.json"))
@@ -427,10 +435,13 @@ def progress_table(paths, out: Path) -> int:
                            test_ll=(rec.get("test") or {}).get("ll"))
             rows.append(row)
         rows += [] if p.is_file() else _unfinished_evaluations(p)
-    if rows:
-        _write_table(pd.DataFrame(rows).sort_values(["data", "model", "method", "K"]), out,
-                     "progress")
-    return len(rows)
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    for col in ("K", "epochs_done", "epoch_cap", "best_epoch"):     # counts, not floats
+        if col in table:
+            table[col] = table[col].astype("Int64")
+    return table.sort_values(["data", "model", "method", "K"])
 
 
 def _unfinished_evaluations(path: Path) -> list[dict]:

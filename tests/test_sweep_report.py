@@ -2,6 +2,7 @@
 recorded; reports render from records."""
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -388,3 +389,23 @@ def test_progress_lists_running_runs_and_cells_that_could_not_run(tmp_path):
     assert "not run: data not available" in table
     assert ("evaluating test at K=100,000 of points 0:5000: 975 of 5,000 points, 0.70 h so far"
             in table) and table.count("evaluating") == 1
+
+
+def test_rws_progress_prints_the_unfinished_work(tmp_path, capsys):
+    from rws import cli
+    runs = tmp_path / "runs"
+    fixture_record(runs / "done", "sbn:200", "rws", 5, -95.0)
+    fixture_record(runs / "going", "sbn:200", "ws", 1, -110.0)
+    rec = json.loads((runs / "going" / "record.json").read_text())
+    (runs / "going" / "record.json").write_text(json.dumps({**rec, "status": "running"}))
+    assert cli.main(["progress", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "| going " in out and "| done " not in out and "| running " in out
+    assert re.search(r"\| +2 \|", out) and "2.00" not in out    # epochs done: a count
+    assert cli.main(["progress", str(runs), "--all"]) == 0
+    assert "| done " in capsys.readouterr().out
+    assert cli.main(["progress", str(runs / "done")]) == 0
+    assert "nothing unfinished below" in capsys.readouterr().out
+    assert cli.main(["progress", str(tmp_path / "nope")]) == 2
+    assert "nope: no such directory" in capsys.readouterr().err
+
