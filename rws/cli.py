@@ -490,7 +490,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_progress(args) -> None:
-    from rws.report import _markdown, progress_rows
+    from rws.report import markdown_table, progress_rows
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         raise UserError(f"{', '.join(missing)}: no such directory; give the directories that "
@@ -501,7 +501,7 @@ def cmd_progress(args) -> None:
     if rows.empty:
         print(f"nothing {'' if args.all else 'unfinished '}below {', '.join(args.paths)}")
         return
-    print(_markdown(rows.dropna(axis=1, how="all")))
+    print(markdown_table(rows.dropna(axis=1, how="all")))
 
 
 def cmd_datasets(args) -> None:

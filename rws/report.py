@@ -175,7 +175,7 @@ def joined_shards(shards: list[dict]) -> list[dict]:
     return joined
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     """A markdown table, numbers to 2 decimals, missing values as empty cells (not NaN)."""
     return df.astype(object).where(df.notna(), "").to_markdown(index=False, floatfmt=".2f")
 
@@ -183,7 +183,7 @@ def _markdown(df: pd.DataFrame) -> str:
 def _write_table(df: pd.DataFrame, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{name}.csv", index=False)
-    (out / f"{name}.md").write_text(_markdown(df) + "\n")
+    (out / f"{name}.md").write_text(markdown_table(df) + "\n")
 
 
 def with_largest_eval(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
@@ -587,7 +587,7 @@ def published_table(runs: pd.DataFrame, evals: pd.DataFrame, path: str | Path,
             df[col] = df[col].astype("Int64")
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "published.csv", index=False)
-    lines = [_markdown(df) if len(df) else "(no entries)", "",
+    lines = [markdown_table(df) if len(df) else "(no entries)", "",
              "Published values that could not be read (cells left empty, nothing quoted "
              "from memory):", ""]
     lines += [f"- {n['source']}: {n['what']}" for n in not_found]
