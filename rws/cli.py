@@ -359,6 +359,7 @@ def _resumable_eval(args, run, x, seed: int, shard: dict, path: Path, device):
     import hashlib
 
     from rws import estimate, results
+    from rws.layers.bernoulli import SAMPLER
     from rws.train import evaluate
     partial = _partial(path)
     results.ensure_writable_dir(path.parent)
@@ -371,7 +372,7 @@ def _resumable_eval(args, run, x, seed: int, shard: dict, path: Path, device):
             digest.update(t.detach().cpu().contiguous().numpy().tobytes())
         rows = args.rows or estimate.default_rows(run.model)
         key = {"params": digest.hexdigest(), "split": args.split, "seed": args.seed,
-               "K": args.K, "rows": rows, **shard}
+               "K": args.K, "rows": rows, "sampler": SAMPLER, **shard}
         resume = None
         if partial.exists():
             saved = results.load_checkpoint(partial, required=("key", "progress"))

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rws import allocator, int8
+from rws.layers.bernoulli import SAMPLER
 
 
 @dataclass
@@ -35,7 +36,7 @@ class LogLikelihood:
     def summary(self) -> dict:
         return {"K": self.K, "ll": self.mean, "se": self.se, "n": int(self.per_point.numel()),
                 "ess_mean": float(self.ess.mean()), "ess_over_K": float(self.ess.mean()) / self.K,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "sampler": SAMPLER}
 
     def per_point_list(self) -> list[float]:
         """Each point's log p^_K to 1e-4 nats, as records keep them: the report pairs two

@@ -7,8 +7,9 @@ the torch generator (so the torch generator still holds the whole random state, 
 checkpoints resume bit for bit) and fills the tensor from NumPy's SFC64 raw output,
 two 24-bit uniforms per 64-bit word, at well under 1 ns a number.
 
-The values are k / 2^24 for k uniform on {0, ..., 2^24 - 1}, the same lattice as
-``torch.rand`` in float32, so P(u < p) = ceil(p 2^24) / 2^24 for either.
+The values are k / 2^24 for k uniform on {0, ..., 2^24 - 1} on every path (the same
+lattice as ``torch.rand`` in float32 on a CPU), so P(u < p) = ceil(p 2^24) / 2^24:
+``layers.bernoulli.exact_tails`` decides again the draws whose k lies near either end.
 """
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ def uniform(shape, generator: torch.Generator | None = None, device=None,
     n = int(np.prod(shape, dtype=np.int64))
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type != "cpu" or n < FAST_MIN or dtype not in (torch.float32, torch.float64):
-        return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+        u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+        # on the lattice (float32 draws on a CPU already are; float64 ones and other
+        # devices' are not), which ``layers.bernoulli.exact_tails`` relies on
+        return u.mul_(2.0 ** 24).floor_().clamp_(max=_MASK).mul_(_SCALE).to(dtype)
     seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64))
     raw = np.random.SFC64(seed).random_raw((n + 1) // 2)          # [ceil(n/2)] uint64
     bits = torch.from_numpy(raw.view(np.int32)[:n])               # [n] int32, 32 random bits

@@ -166,7 +166,7 @@ def propose(model, x: torch.Tensor, K: int, generator, dreams: list | None = Non
             if dreams is not None:
                 dream_q_probs.append(p[y.shape[0]:])              # [n, n]
                 c, p = c[:y.shape[0]], p[:y.shape[0]]
-            h = bernoulli_draw(p[:, None], generator, n=n)
+            h = bernoulli_draw(p[:, None], generator, n=n, logits=c[:, None])
         c, p, h = (t.view(B, -1, layer.n_x) for t in (c, p, h))
         log_q.append(bernoulli_log_prob(c, h))                    # [B, K]
         hs.append(h)

@@ -234,3 +234,42 @@ def test_x_given_once_per_point_scores_as_x_repeated(name):
     assert torch.allclose(once, lp.detach(), atol=1e-5)
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("logit", [-40.0, -20.0, -16.0, 16.0, 20.0, 40.0])
+@pytest.mark.parametrize("k", [0, 1, 2**24 - 2, 2**24 - 1])
+def test_draws_at_the_lattices_ends_follow_the_true_probabilities(logit, k):
+    """A uniform u = k / 2^24 stands for the interval [k, k + 1) / 2^24; given that, a
+    draw is 1 with probability clip(p 2^24 - k, 0, 1) (low end) and 0 with probability
+    clip((1 - p) 2^24 - (2^24 - 1 - k), 0, 1) (high end). u < p alone turns on every
+    unit with p > 0 at u = 0, and never gives 0 where float32 rounds p to 1."""
+    m = 100_000
+    c = torch.full((m,), logit)
+    p, u = torch.sigmoid(c), torch.full((m,), k * 2.0 ** -24)
+    x = layers.bernoulli.exact_tails((u < p).float(), u, p, torch.Generator().manual_seed(k),
+                                     c)
+    low = k < 2 ** 23
+    s = torch.sigmoid(torch.tensor(logit if low else -logit, dtype=torch.float64)).item()
+    expected = min(max(s * 2 ** 24 - (k if low else 2 ** 24 - 1 - k), 0.0), 1.0)
+    tail = (x if low else 1 - x).mean().item()     # the tail value's frequency
+    sd = (expected * (1 - expected) / m) ** 0.5
+    assert abs(tail - expected) <= 5 * sd + 1e-12, (tail, expected)
+
+
+def test_a_unit_far_below_the_lattice_stays_off_when_its_uniform_is_zero(monkeypatch):
+    """Through the layers' sampler and the closed-form proposals: with every uniform 0,
+    units of logit -40 (p = 4e-18) stay off and units of logit +40 stay on; before,
+    u = 0 < p turned them all on, and log q then scored them at e^-40 while they had
+    been drawn at 2^-24 (the importance weights of such draws e^23 too large)."""
+    from rws import rng, sbn_gradients, zoo
+    monkeypatch.setattr(rng, "uniform", lambda shape, g=None, device=None, dtype=torch.float32:
+                        torch.zeros(shape, dtype=dtype))
+    a = torch.tensor([[-40.0, 40.0, -40.0]])[:, None]                  # [1, 1, 3]
+    x = layers.bernoulli_sample(a, torch.Generator().manual_seed(0), n=1000)
+    assert (x[..., 0] == 0).all() and (x[..., 1] == 1).all() and (x[..., 2] == 0).all()
+    model = zoo.build("sbn:3", 2)
+    with torch.no_grad():
+        model.q_layers[0].W.zero_()
+        model.q_layers[0].b.copy_(torch.tensor([-40.0, 40.0, -40.0]))
+    props = sbn_gradients.propose(model, torch.ones(4, 2), 50, torch.Generator().manual_seed(0))
+    assert (props.hs[1] == torch.tensor([0.0, 1.0, 0.0])).all()

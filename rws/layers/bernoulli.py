@@ -60,7 +60,8 @@ def bernoulli_sample(logits: torch.Tensor, generator: torch.Generator | None,
     """x ~ Bern(sigmoid(logits)), detached, in the logits' dtype. With ``n``, logits
     [N, 1, d] give n draws per row, [N, n, d] (the sigmoid taken once per row)."""
     with torch.no_grad():
-        return bernoulli_draw(bernoulli_probs(logits, clamp), generator, n)
+        return bernoulli_draw(bernoulli_probs(logits, clamp), generator, n,
+                              None if clamp else logits)
 
 
 def bernoulli_probs(logits: torch.Tensor, clamp: bool = False) -> torch.Tensor:
@@ -70,14 +71,74 @@ def bernoulli_probs(logits: torch.Tensor, clamp: bool = False) -> torch.Tensor:
 
 
 def bernoulli_draw(p: torch.Tensor, generator: torch.Generator | None,
-                   n: int | None = None) -> torch.Tensor:
+                   n: int | None = None, logits: torch.Tensor | None = None) -> torch.Tensor:
     """x ~ Bern(p) for probabilities p, as ``bernoulli_sample`` (n draws per row of
-    [N, 1, d] with ``n``)."""
+    [N, 1, d] with ``n``), exact in the tails (``exact_tails``; ``logits``, sigmoid's
+    argument for p where known, resolves p near 1)."""
     shape = p.shape if n is None else (p.shape[0], n, *p.shape[2:])
     # u < p with u ~ U(0, 1): 4x faster than torch.bernoulli on CPU; written straight
     # into a float tensor (one pass, where a bool tensor and a cast take 8x longer)
     u = rng.uniform(shape, generator, p.device, p.dtype)
-    return torch.lt(u, p.detach(), out=torch.empty_like(u))
+    x = torch.lt(u, p.detach(), out=torch.empty_like(u))
+    return exact_tails(x, u, p.detach(), generator,
+                       None if logits is None else logits.detach())
+
+
+TAIL = 2.0 ** -10     # draws with u this close to 0 or 1 are decided again, exactly
+# names the Bernoulli sampler in evaluation records and resumable evaluations' keys; the
+# records written before exact_tails (2026-12-04) lack it: their draws were u < p alone
+SAMPLER = "exact-tails"
+
+
+def exact_tails(x: torch.Tensor, u: torch.Tensor, p: torch.Tensor, generator,
+                logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Correct the draws x = [u < p] whose uniform lies near 0 or 1, in place.
+
+    ``rng.uniform`` gives u = k / 2^24, so P(u < p) = ceil(p 2^24) / 2^24: every p in
+    (0, 2^-24] is drawn with probability 2^-24, and every p that float32 rounds to 1
+    (logits above 16.6) never gives 0. log q scores the draws with the true p, so a
+    unit with logit -60 turned on by u = 0 (one draw in 2^24) enters the importance
+    weight as e^-60 while it was drawn at e^-16.6: a weight too large by e^43. At
+    K = 100,000 proposals of a thousand units such draws occur several times a point,
+    and a few of them dominated a deep SBN's estimates (2026-12-04, results/README).
+
+    Here the draws with k < 2^24 TAIL or k >= 2^24 (1 - TAIL) are decided again as
+    if u had infinite precision, u = (k + V) / 2^24 with V ~ U(0, 1) taken 24 bits at
+    a time, and only as many as the comparison needs (a draw of the tail value t,
+    probability s = p on the low side and 1 - p on the high, needs more bits only
+    while V's bits so far tie with s 2^24 - k; one draw in 2^24 takes a second word).
+    s comes from ``logits`` in float64 where given (else from p), so a unit whose
+    float32 sigmoid rounds to 1 still gives 0 with probability sigmoid(-logit). Every
+    other draw stays as it is: its k lies at least 2^14 cells from either end, so
+    p and the lattice differ by at most a relative 2^-14 there, and only in the one
+    cell holding p. x [shape], u [shape], p and logits broadcast to shape.
+    """
+    near = torch.nonzero((u < TAIL).logical_or_(u >= 1 - TAIL))    # [m, ndim]
+    if near.shape[0] == 0:
+        return x
+    at = tuple(near.t())
+    k = u[at].double() * 2.0 ** 24                                 # [m], integers
+    high = k >= 2.0 ** 23
+    if logits is not None:
+        c = logits.expand(x.shape)[at].double()
+        s = torch.where(high, torch.sigmoid(-c), torch.sigmoid(c))
+    else:
+        pm = p.expand(x.shape)[at].double()
+        s = torch.where(high, 1 - pm, pm)
+    k = torch.where(high, 2.0 ** 24 - 1 - k, k)                   # the tail value's side
+    t = s * 2.0 ** 24 - k          # the tail value iff V < t (exact: a fraction of s 2^24)
+    tail = t >= 1
+    tie = (t > 0) & (t < 1)
+    while bool(tie.any()):
+        i = torch.nonzero(tie).view(-1)
+        v = torch.randint(0, 1 << 24, (i.shape[0],), generator=generator,
+                          device=t.device).double()
+        t_i = t[i] * 2.0 ** 24 - v                                 # the next 24 bits of V
+        tail[i] = t_i >= 1
+        tie[i] = (t_i > 0) & (t_i < 1)
+        t[i] = t_i
+    x[at] = torch.where(high, ~tail, tail).to(x.dtype)
+    return x
 
 
 def default_weights(n_in: int, n_out: int, shape: tuple[int, ...] | None = None) -> torch.Tensor:
