@@ -21,8 +21,8 @@ does not apply to them).
 
     forward(x, b, c, W, VT) -> s                      the logits  [R, D]
     backward(x, c, W, VT, g) -> (dc, dW, dVT)          with g = dL/ds
-    sample(b, c, W, VT, uT, clamp) -> (x, s)           x_i = [u_i < p(x_i = 1 | x_<i)]
-    darn_sample(base, W, uT, clamp) -> (x, auto)       DARN: auto = x (W * M), its log_prob's GEMM
+    sample(b, c, W, VT, uT, clamp, tails) -> (x, s)    x_i = [u_i < p(x_i = 1 | x_<i)]
+    darn_sample(base, W, uT, clamp, tails) -> (x, auto)   DARN: auto = x (W * M), its log_prob's GEMM
 
 (the samplers compare each logit with ``draw_thresholds(uT, clamp)``, the uniforms'
 logits, rather than each uniform with a probability)
@@ -234,17 +234,22 @@ def _sigmoid_rows(x, anchored: bool) -> int:
     return R * (1 + int(at_anchor.sum())) + np.count_nonzero(x[:, :-1][:, ~at_anchor])
 
 
-def draw_thresholds(uT, clamp: bool):
+def draw_thresholds(uT, clamp: bool, tails=None):
     """The logit thresholds t of uniforms u: [u < p] = [a > t] for p = sigmoid(a),
     t = log(u / (1 - u)); for the clamped p = 0.9999 sigmoid(a) + 5e-6 (the original
     code's), t = logit((u - 5e-6) / 0.9999), -inf below 0 (always drawn) and +inf
     above 1 (never). One vectorised logarithm per draw here spares the kernels a
     scalar exponential per draw inside their loops over units: a DARN's sampler,
-    25 x 784 MNIST pixels, took half the time."""
+    25 x 784 MNIST pixels, took half the time. ``tails``: (flat indices, thresholds)
+    that replace those of the draws near 0 and 1 (``layers.bernoulli.tail_thresholds``
+    of ``rng.tail_uniforms``: the lattice alone turns every unit on at u = 0)."""
     f = uT.dtype.type
     u = np.clip((uT - f(5e-6)) / f(0.9999), f(0), f(1)) if clamp else uT
     with np.errstate(divide="ignore"):
         t = np.log(u / (1 - u))
+    if tails is not None:                       # (flat indices, their thresholds)
+        idx, t_tail = tails
+        t.reshape(-1)[idx] = t_tail
     _count(0, t.size)
     return t
 
@@ -267,20 +272,20 @@ def backward(x, c, W, VT, g):
     return dc, dW, dVT
 
 
-def sample(b, c, W, VT, uT, clamp: bool):
+def sample(b, c, W, VT, uT, clamp: bool, tails=None):
     x, s = np.empty_like(b), np.empty_like(b)
-    _for(b.dtype)[0](b, c, W, VT, draw_thresholds(uT, clamp), True, x, s)
+    _for(b.dtype)[0](b, c, W, VT, draw_thresholds(uT, clamp, tails), True, x, s)
     R, D, H = *b.shape, c.shape[1]
     _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
     return x, s
 
 
-def darn_sample(base, W, uT, clamp: bool):
+def darn_sample(base, W, uT, clamp: bool, tails=None):
     """A DARN's draws x_j = [u_j < sigmoid(base_j + auto_j)] unit by unit, and their
     autoregressive terms auto_j = sum_{i<j} x_i W[i, j] (base = b + y U: [R, D];
     W [D, D], input i to output j): (x, auto)."""
     x, auto = np.empty_like(base), np.empty_like(base)
-    _for(base.dtype)[2](base, W, draw_thresholds(uT, clamp), x, auto)
+    _for(base.dtype)[2](base, W, draw_thresholds(uT, clamp, tails), x, auto)
     if on_work is not None:
         R, D = base.shape
         _count(2 * int((D - 1 - np.nonzero(x)[1]).sum()), 0)

@@ -37,3 +37,21 @@ def uniform(shape, generator: torch.Generator | None = None, device=None,
     bits = torch.from_numpy(raw.view(np.int32)[:n])               # [n] int32, 32 random bits
     u = bits.bitwise_and_(_MASK).to(dtype).mul_(_SCALE)
     return u.view(shape)
+
+
+TAIL_CELLS = 1 << 14     # the lattice cells at either end whose draws are refined
+
+
+def tail_uniforms(u: torch.Tensor, generator: torch.Generator | None = None):
+    """The draws of u (values k / 2^24) within ``TAIL_CELLS`` cells of 0 or 1, with 53
+    more bits: (flat indices [m], u' = (k + V) / 2^24 and 1 - u' in float64, each [m]),
+    V ~ U(0, 1) a float64 from ``generator``. On the lattice alone, every probability in
+    (0, 2^-24] is drawn at 2^-24 and none above 1 - 2^-24 ever gives 0; with u' the
+    floor is 2^-77 (a logit of -53), which no evaluation's 1e12 draws reach. For the
+    samplers that compare thresholds (``ar_kernels``); ``layers.bernoulli.exact_tails``
+    decides its draws exactly instead."""
+    k = u.reshape(-1).double() * 2.0 ** 24
+    idx = torch.nonzero((k < TAIL_CELLS).logical_or_(k >= (1 << 24) - TAIL_CELLS)).view(-1)
+    v = torch.rand(idx.shape[0], generator=generator, device=u.device, dtype=torch.float64)
+    k = k[idx]
+    return idx, (k + v) * 2.0 ** -24, ((1 << 24) - k - v) * 2.0 ** -24

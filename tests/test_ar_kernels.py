@@ -126,3 +126,44 @@ def test_scored_samples_carry_gradients_to_every_parameter(family):
                                list(layer.parameters()))
     for w, h in zip(want, got):
         assert torch.allclose(h, w, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("clamp", [False, True])
+@pytest.mark.parametrize("family", ["nade", "darn"])
+def test_units_far_in_the_tails_keep_their_value_at_the_lattices_ends(monkeypatch, path,
+                                                                      clamp, family):
+    """Every uniform 0, then every uniform at the lattice's top (1 - 2^-24), each standing
+    for its cell of width 2^-24: units of logit -40 stay off and units of logit +40 stay
+    on. On the lattice alone the first turned every unit on, and the second never drew
+    a 0 above a logit of 16.6. Clamped, p lies in [5e-6, 1 - 9.5e-5], beyond both cells:
+    every unit on in the first, off in the second."""
+    from rws import rng
+    logits = torch.tensor([-40.0, 40.0, -40.0, 40.0])
+    layer = (layers.NADE(4, 1, hidden=2, clamp=clamp) if family == "nade"
+             else layers.DARN(4, 1, clamp=clamp))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.zero_()
+        layer.b.copy_(logits)
+    for value in (0.0, 1 - 2.0 ** -24):
+        monkeypatch.setattr(rng, "uniform", lambda shape, g=None, device=None,
+                            dtype=torch.float32: torch.full(shape, value, dtype=dtype))
+        with torch.no_grad():
+            x, _ = layer.sample(torch.zeros(1, 1), 1000, torch.Generator().manual_seed(0))
+        want = torch.full((4,), float(value == 0)) if clamp else (logits > 0).float()
+        assert (x == want).all(), (value, x.mean(0))
+
+
+@pytest.mark.parametrize("logit", [-20.0, -17.0, 17.0, 20.0])
+def test_tail_thresholds_draw_the_true_probability_within_the_end_cells(logit):
+    """Given u in the first (or last) cell of the lattice, the draw is 1 (or 0) with
+    probability p 2^24 (or (1 - p) 2^24), not always (or never) as u < p alone."""
+    m, low = 200_000, logit < 0
+    u = torch.full((1, m), 0.0 if low else 1 - 2.0 ** -24)
+    idx, t = layers.bernoulli.tail_thresholds(u, torch.Generator().manual_seed(1))
+    assert idx.shape[0] == m
+    x = (logit > t).double()
+    s = torch.sigmoid(torch.tensor(-abs(logit), dtype=torch.float64)).item() * 2 ** 24
+    freq = (x if low else 1 - x).mean().item()
+    assert abs(freq - s) <= 5 * (s * (1 - s) / m) ** 0.5

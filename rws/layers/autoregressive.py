@@ -8,7 +8,7 @@ from torch import nn
 
 from rws import ar_kernels, rng
 from rws.layers.bernoulli import (bernoulli_log_prob, bernoulli_probs, default_weights,
-                                  repeat_rows)
+                                  repeat_rows, tail_thresholds)
 
 
 def _use_kernels(t: torch.Tensor) -> bool:
@@ -20,6 +20,26 @@ def _use_kernels(t: torch.Tensor) -> bool:
 def _arrays(*tensors):
     """Contiguous numpy views (copies where a tensor is strided or broadcast)."""
     return [t.detach().contiguous().numpy() for t in tensors]
+
+
+def _tails(u, generator, clamp):
+    """The draws of the uniforms u [n_x, R] (unit-major) near 0 or 1 and their exact logit
+    thresholds (``tail_thresholds``): as numpy arrays for the compiled samplers, and
+    per unit (rows [m_j], thresholds [m_j]) for the torch loops."""
+    idx, t = tail_thresholds(u, generator, clamp)
+    R = u.shape[1]
+    unit = idx // R
+    counts = torch.bincount(unit, minlength=u.shape[0]).tolist()
+    order = torch.argsort(unit, stable=True)
+    per_unit = list(zip((idx % R)[order].split(counts), t[order].split(counts)))
+    return (idx.cpu().numpy(), t.cpu().numpy()), per_unit
+
+
+def _fix_tails(x_j, logit_j, tails_j):
+    """Unit j's draws near the lattice's ends, decided again: x = [logit > t] in float64."""
+    rows, t = tails_j
+    if rows.numel():
+        x_j[rows] = (logit_j[rows].double() > t).to(x_j.dtype)
 
 
 def _repeats(x, y):
@@ -108,13 +128,15 @@ class DARN(nn.Module):
         (x [R, n_x], auto), auto = x (W * M) from the compiled sampler, or None from the
         torch loop (other devices and dtypes)."""
         u = rng.uniform((self.n_x, base.shape[0]), generator, base.device, base.dtype)
+        tails, per_unit = _tails(u, generator, self.clamp)
         if _use_kernels(self.W):                                # unit j: u[j]
-            x, auto = ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp)
+            x, auto = ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp, tails)
             return torch.from_numpy(x), torch.from_numpy(auto)
         accT = base.t().contiguous()                   # running logits [n_x, R]
         xT = torch.empty_like(accT)
         for j in range(self.n_x):
             torch.lt(u[j], bernoulli_probs(accT[j], self.clamp), out=xT[j])
+            _fix_tails(xT[j], accT[j], per_unit[j])
             accT[j + 1:].addr_(self.W[j, j + 1:], xT[j])    # unit j feeds units > j
         return xT.t().contiguous(), None
 
@@ -238,7 +260,8 @@ class NADE(nn.Module):
             with torch.no_grad():
                 u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)
                 x, s = map(torch.from_numpy, ar_kernels.sample(
-                    *_arrays(b, c, self.W, self.V.t(), u), self.clamp))
+                    *_arrays(b, c, self.W, self.V.t(), u), self.clamp,
+                    _tails(u, generator, self.clamp)[0]))
             if not score:
                 return x, None
             logits = NADELogits.apply(x, b, c, self.W, self.V, s)      # s: no rerun
@@ -247,11 +270,13 @@ class NADE(nn.Module):
             b, c = self._biases(y, n)
             a = c.clone()                                  # [N*n, H]
             u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)  # unit i: u[i]
+            per_unit = _tails(u, generator, self.clamp)[1]
             bT, VT = b.t().contiguous(), self.V.t().contiguous()
             xT = torch.empty_like(bT)                      # [n_x, N*n]
             for i in range(self.n_x):
                 logit = torch.mv(torch.sigmoid(a), VT[i]).add_(bT[i])
                 torch.lt(u[i], bernoulli_probs(logit, self.clamp), out=xT[i])
+                _fix_tails(xT[i], logit, per_unit[i])
                 a.addr_(xT[i], self.W[i])
             x = xT.t().contiguous()
         return x, (self.log_prob(x, y) if score else None)

@@ -84,7 +84,19 @@ def bernoulli_draw(p: torch.Tensor, generator: torch.Generator | None,
                        None if logits is None else logits.detach())
 
 
-TAIL = 2.0 ** -10     # draws with u this close to 0 or 1 are decided again, exactly
+def tail_thresholds(u: torch.Tensor, generator, clamp: bool = False):
+    """(flat indices [m], logit thresholds [m] float64) of the draws of u (k / 2^24) near
+    0 or 1, for samplers that decide x = [a > t] unit by unit (the autoregressive
+    layers): t = log(u' / (1 - u')) of ``rng.tail_uniforms``' u' with 53 more bits,
+    or of (u' - 5e-6) / 0.9999 for the original code's clamped sigmoid."""
+    idx, lo, hi = rng.tail_uniforms(u, generator)
+    if clamp:
+        lo, hi = (lo - 5e-6) / 0.9999, (hi - 5e-6) / 0.9999
+    t = torch.log(lo.clamp_min(0)) - torch.log(hi.clamp_min(0))   # -inf: always, +inf: never
+    return idx, t
+
+
+TAIL = rng.TAIL_CELLS * 2.0 ** -24    # draws with u this close to 0 or 1 are decided again
 # names the Bernoulli sampler in evaluation records and resumable evaluations' keys; the
 # records written before exact_tails (2026-12-04) lack it: their draws were u < p alone
 SAMPLER = "exact-tails"
