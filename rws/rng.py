@@ -50,8 +50,9 @@ def tail_uniforms(u: torch.Tensor, generator: torch.Generator | None = None):
     floor is 2^-77 (a logit of -53), which no evaluation's 1e12 draws reach. For the
     samplers that compare thresholds (``ar_kernels``); ``layers.bernoulli.exact_tails``
     decides its draws exactly instead."""
-    k = u.reshape(-1).double() * 2.0 ** 24
-    idx = torch.nonzero((k < TAIL_CELLS).logical_or_(k >= (1 << 24) - TAIL_CELLS)).view(-1)
+    u = u.reshape(-1)
+    tail = TAIL_CELLS * _SCALE
+    idx = torch.nonzero((u < tail).logical_or_(u >= 1 - tail)).view(-1)
     v = torch.rand(idx.shape[0], generator=generator, device=u.device, dtype=torch.float64)
-    k = k[idx]
+    k = u[idx].double() * 2.0 ** 24                               # [m], integers
     return idx, (k + v) * 2.0 ** -24, ((1 << 24) - k - v) * 2.0 ** -24
