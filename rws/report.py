@@ -44,7 +44,10 @@ once they cover the split, ``joined_shards``) below the given directories, and w
                                      finished image-data run whose checkpoint is at hand
 
 Every number comes from a record, or (published values) from ``published.toml`` with
-its source; nothing is typed in by hand.
+its source; nothing is typed in by hand. A test drawn on another Bernoulli sampler than
+today's (``SAMPLER``; a record that names none drew on the 2^-24 lattice, ``LATTICE``)
+says so in its cell ("lattice sampler") and in the ``test_sampler``/``sampler`` columns,
+and a re-test on today's sampler takes its place (``with_best_test``).
 """
 from __future__ import annotations
 
@@ -56,6 +59,11 @@ import numpy as np
 import pandas as pd
 
 from rws.errors import UserError
+from rws.layers.bernoulli import SAMPLER
+
+# the sampler of a test record written before ``SAMPLER`` existed: uniforms on the 2^-24
+# lattice, compared with p alone, which inflates large-K estimates (results/README.md)
+LATTICE = "lattice"
 
 
 def _label(method: str, options: dict) -> str:
@@ -85,6 +93,18 @@ def _se(se: float) -> str:
 def _ll_se_column(runs: pd.DataFrame) -> pd.Series:
     return pd.Series([_ll_se(a, b) for a, b in zip(runs.test_ll, runs.test_se)],
                      index=runs.index, dtype=object)
+
+
+def _sampler(estimate: dict) -> str:
+    """The Bernoulli sampler a test record's estimate drew with (``LATTICE`` before the
+    records named it)."""
+    return estimate.get("sampler", LATTICE)
+
+
+def _unless_exact(sampler: pd.Series) -> pd.Series:
+    """", <sampler> sampler" for a table cell whose estimate drew on another sampler than
+    today's, "" for today's."""
+    return sampler.map(lambda s: "" if s == SAMPLER else f", {s} sampler")
 
 
 def _unless_modern(setting: pd.Series) -> pd.Series:
@@ -123,6 +143,7 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                    "test_seconds": rec["test"].get("seconds"),
                    "best_epoch": rec["best_epoch"], "test_ll": rec["test"]["ll"],
                    "test_se": rec["test"]["se"], "test_k": rec["test"]["K"],
+                   "test_sampler": _sampler(rec["test"]),
                    "test_points": _points(rec["test"]),
                    "seconds_per_epoch": rec["seconds_per_epoch"],
                    "parameters": rec["model"]["parameters"],
@@ -143,7 +164,7 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                    "method": _label(cfg.get("method", "?"), cfg.get("method_options", {})),
                    "train_K": cfg.get("K"), "eval_K": rec["K"], "split": rec.get("split"),
                    "ll": rec["ll"], "se": rec["se"], "seconds": rec.get("seconds"),
-                   "per_point": _points(rec)}
+                   "sampler": _sampler(rec), "per_point": _points(rec)}
             if "points" in rec:
                 shards.append({**row, "points": rec["points"], "split_points": rec["split_points"],
                                "seed": rec.get("seed")})
@@ -153,13 +174,14 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 def joined_shards(shards: list[dict]) -> list[dict]:
-    """The shards of one evaluation (``rws eval --points A:B``: same run, split, K and
-    seed) joined into one test of the split where they cover its points [0, N) without
+    """The shards of one evaluation (``rws eval --points A:B``: same run, split, K, seed
+    and sampler) joined into one test of the split where they cover its points [0, N) without
     gap or overlap: log p^ the mean over all N points, its SE across them, the shards'
     seconds summed. A set that does not cover the split yet gives nothing."""
     groups: dict[tuple, list[dict]] = {}
     for s in shards:
-        groups.setdefault((s["run"], s["split"], s["eval_K"], s["seed"]), []).append(s)
+        groups.setdefault((s["run"], s["split"], s["eval_K"], s["seed"], s["sampler"]),
+                          []).append(s)
     joined = []
     for group in groups.values():
         group.sort(key=lambda s: s["points"][0])
@@ -186,33 +208,40 @@ def _write_table(df: pd.DataFrame, out: Path, name: str) -> None:
     (out / f"{name}.md").write_text(markdown_table(df) + "\n")
 
 
-def with_largest_eval(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
-    """Each run's test LL from its largest-K test evaluation (``rws eval``) where there is
-    one larger than the K of its training record."""
+def with_best_test(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
+    """Each run's test LL from its best test evaluation (``rws eval``): one drawn with
+    today's sampler (``SAMPLER``) where the record's test was not, else one at a larger K
+    than the record's test on the same sampler. An estimate on the 2^-24 lattice is biased
+    upward at large K, so a re-test on today's sampler replaces it at any K."""
     if runs.empty or evals.empty:
         return runs
-    test = evals[evals.split == "test"].sort_values("eval_K").groupby("run").tail(1)
-    merged = runs.merge(test[["run", "eval_K", "ll", "se", "seconds"]], on="run", how="left")
-    better = merged.eval_K.notna() & (merged.eval_K > merged.test_k)
-    merged.loc[better, "test_ll"] = merged.loc[better, "ll"]
-    merged.loc[better, "test_se"] = merged.loc[better, "se"]
+    test = (evals[evals.split == "test"].assign(exact=evals.sampler == SAMPLER)
+            .sort_values(["exact", "eval_K"]).groupby("run").tail(1))
+    merged = runs.merge(test[["run", "eval_K", "ll", "se", "seconds", "sampler", "exact"]],
+                        on="run", how="left")
+    record_exact = merged.test_sampler == SAMPLER
+    better = merged.eval_K.notna() & (
+        ((merged.exact == True) & ~record_exact)                           # noqa: E712
+        | ((merged.exact == record_exact) & (merged.eval_K > merged.test_k)))
+    for ours, theirs in (("test_ll", "ll"), ("test_se", "se"), ("test_seconds", "seconds"),
+                         ("test_sampler", "sampler")):
+        merged.loc[better, ours] = merged.loc[better, theirs]
     merged.loc[better, "test_k"] = merged.loc[better, "eval_K"].astype(int)
-    merged.loc[better, "test_seconds"] = merged.loc[better, "seconds"]
-    return merged.drop(columns=["eval_K", "ll", "se", "seconds"])
+    return merged.drop(columns=["eval_K", "ll", "se", "seconds", "sampler", "exact"])
 
 
 def tables(runs: pd.DataFrame, evals: pd.DataFrame, out: Path) -> None:
     if runs.empty:
         return
     curve = k_curve(runs, evals)          # at one evaluation K per row, not each run's largest
-    record_tests, runs = runs, with_largest_eval(runs, evals)
+    record_tests, runs = runs, with_best_test(runs, evals)
     cols = ["data", "model", "method", "K", "setting", "batch_size", "epochs", "stopped_by",
-            "test_ll", "test_se", "test_k", "seconds_per_epoch", "train_hours",
+            "test_ll", "test_se", "test_k", "test_sampler", "seconds_per_epoch", "train_hours",
             "valid_hours", "test_seconds", "parameters", "seed"]
     _write_table(runs[cols].sort_values(["data", "model", "method", "K"]), out, "runs")
     cell = runs.assign(value=_ll_se_column(runs) + " (K=" + runs.K.astype(str)
                        + ", eval K=" + runs.test_k.astype(int).astype(str)
-                       + _unless_modern(runs.setting) + ")")
+                       + _unless_exact(runs.test_sampler) + _unless_modern(runs.setting) + ")")
     best = cell.sort_values("test_ll").groupby(["data", "model", "method"]).tail(1)
     paper = best.pivot_table(index=["data", "model"], columns="method", values="value",
                              aggfunc="first").reset_index().fillna("")
@@ -259,15 +288,16 @@ def eval_k_table(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
     bound that rises with K in expectation, so a rise from one K to a larger one that is
     large against its error says the smaller K had not converged; at equal K it measures
     the re-test's noise. ``runs``: the records' own tests (as from ``load_records``)."""
-    cols = ["run", "data", "model", "method", "train_K", "split", "eval_K", "source", "ll",
-            "se", "seconds"]
-    parts = [evals.assign(source="rws eval",
+    cols = ["run", "data", "model", "method", "train_K", "split", "eval_K", "source",
+            "sampler", "ll", "se", "seconds"]
+    parts = [evals.assign(source="rws eval", sampler=evals.get("sampler", SAMPLER),
                           points=evals.per_point if "per_point" in evals else None)]
     own = runs[runs.run.isin(evals.run)] if not runs.empty else runs
     if not own.empty:
         parts.append(pd.DataFrame({
             "run": own.run, "data": own.data, "model": own.model, "method": own.method,
             "train_K": own.K, "split": "test", "eval_K": own.test_k, "source": "record",
+            "sampler": own.test_sampler if "test_sampler" in own else SAMPLER,
             "ll": own.test_ll, "se": own.test_se, "seconds": own.test_seconds,
             "points": own.test_points if "test_points" in own else None}))
     entries = pd.concat(parts)
@@ -284,16 +314,20 @@ def eval_k_table(runs: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
 
 
 def _test_estimates(runs: pd.DataFrame, evals: pd.DataFrame | None) -> dict:
-    """{run: {eval K: (ll, se, per-point values or None)}}: each run's record test and its
-    ``rws eval`` test records."""
+    """{run: {eval K: (ll, se, per-point values or None, sampler)}}: each run's record
+    test and its ``rws eval`` test records; at one K, one on today's sampler wins."""
     points = runs.test_points if "test_points" in runs else [None] * len(runs)
-    found = {r.run: {int(r.test_k): (r.test_ll, r.test_se, p)}
-             for r, p in zip(runs.itertuples(), points)}
+    samplers = runs.test_sampler if "test_sampler" in runs else [SAMPLER] * len(runs)
+    found = {r.run: {int(r.test_k): (r.test_ll, r.test_se, p, s)}
+             for r, p, s in zip(runs.itertuples(), points, samplers)}
     if evals is not None and not evals.empty:
         per_point = evals.per_point if "per_point" in evals else [None] * len(evals)
-        for e, p in zip(evals.itertuples(), per_point):
+        samplers = evals.sampler if "sampler" in evals else [SAMPLER] * len(evals)
+        for e, p, s in zip(evals.itertuples(), per_point, samplers):
             if e.split == "test" and e.run in found:
-                found[e.run][int(e.eval_K)] = (e.ll, e.se, p)
+                before = found[e.run].get(int(e.eval_K))
+                if before is None or before[3] != SAMPLER or s == SAMPLER:
+                    found[e.run][int(e.eval_K)] = (e.ll, e.se, p, s)
     return found
 
 
@@ -331,14 +365,16 @@ def k_curve(runs: pd.DataFrame, evals: pd.DataFrame | None = None) -> pd.DataFra
         g = g.assign(test_k=[at(r) for r in g.run],
                      test_ll=[tested[r][at(r)][0] for r in g.run],
                      test_se=[tested[r][at(r)][1] for r in g.run],
-                     points=[tested[r][at(r)][2] for r in g.run])
+                     points=[tested[r][at(r)][2] for r in g.run],
+                     sampler=[tested[r][at(r)][3] for r in g.run])
         g = g.sort_values("test_ll").groupby("K").tail(1).sort_values("K")
         rises, ses, paired = _steps(g)
         monotone = ("yes" if all(d > 0 for d in rises) else
                     "yes (within SE)" if all(d > -s for d, s in zip(rises, ses)) else "no")
         row = dict(zip(keys, key))
-        row.update({f"K={k}": f"{_ll_se(ll, s)} (eval K={int(ek)})"
-                    for k, ll, s, ek in zip(g.K, g.test_ll, g.test_se, g.test_k)})
+        row.update({f"K={k}": f"{_ll_se(ll, s)} (eval K={int(ek)}{mark})"
+                    for k, ll, s, ek, mark in zip(g.K, g.test_ll, g.test_se, g.test_k,
+                                                  _unless_exact(g.sampler))})
         mixed = any(paired) and not all(paired)
         row["steps"] = ", ".join(f"{d:+.2f} ± {_se(s)}" + ("*" if p and mixed else "")
                                  for d, s, p in zip(rises, ses, paired))
@@ -357,9 +393,10 @@ def by_data_set(runs: pd.DataFrame) -> pd.DataFrame:
     """The paper-style table of the UCI and Caltech experiments: one row per data set,
     method and training K, one column per model, each cell the best run's test LL with
     its evaluation K, epochs and training hours; ``best model`` names the column that
-    leads the row. ``runs`` as from ``with_largest_eval``."""
+    leads the row. ``runs`` as from ``with_best_test``."""
     cell = runs.assign(value=_ll_se_column(runs) + " (eval K="
-                       + runs.test_k.astype(int).astype(str) + ", "
+                       + runs.test_k.astype(int).astype(str)
+                       + _unless_exact(runs.test_sampler) + ", "
                        + runs.epochs.astype(int).astype(str) + " ep, "
                        + runs.train_hours.map("{:.2f}".format) + " h"
                        + _unless_modern(runs.setting) + ")")
@@ -560,7 +597,7 @@ def published_table(runs: pd.DataFrame, evals: pd.DataFrame, path: str | Path,
     batch, training hours), the published value with its training budget, our value
     minus it, and where the published value was read. Returns the rows written."""
     entries, not_found = load_published(path)
-    ours = with_largest_eval(runs, evals) if not runs.empty else runs
+    ours = with_best_test(runs, evals) if not runs.empty else runs
     rows = []
     for e in entries.to_dict("records"):
         match = (ours[(ours.data == e["data"]) & (ours.model == e["model"])
@@ -570,11 +607,12 @@ def published_table(runs: pd.DataFrame, evals: pd.DataFrame, path: str | Path,
         if len(match):
             best = match.sort_values("test_ll").iloc[-1]
             row.update(ours=_ll_se(best.test_ll, best.test_se),
-                       ours_eval_k=int(best.test_k), epochs=int(best.epochs),
+                       ours_eval_k=int(best.test_k), ours_sampler=best.test_sampler,
+                       epochs=int(best.epochs),
                        batch=int(best.batch_size), train_hours=round(float(best.train_hours), 2),
                        difference=round(float(best.test_ll) - e["test_ll"], 2))
         else:
-            row.update(ours="not run", ours_eval_k=None, epochs=None, batch=None,
+            row.update(ours="not run", ours_eval_k=None, ours_sampler=None, epochs=None, batch=None,
                        train_hours=None, difference=None)
         row.update(published=e["test_ll"], published_eval_k=e["eval_k"],
                    published_budget=e["budget"], status=e["status"],

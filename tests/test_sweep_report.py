@@ -11,6 +11,7 @@ import torch
 
 from rws import report, results, sweep
 from rws.errors import UserError
+from rws.layers.bernoulli import SAMPLER
 
 TINY = {"data": "dna", "epochs": 1, "batch_size": 100, "valid_k": 2, "test_k": 2,
         "threads": 1, "lr": 3e-2}
@@ -89,20 +90,24 @@ def test_cells_cross_the_grid_and_deduplicate():
     assert len(cells) == 4 and {c.seed for c in cells} == {0, 1}
 
 
-def fixture_record(run_dir, model, method, K, ll, options=None, **config):
+def fixture_record(run_dir, model, method, K, ll, options=None, sampler=SAMPLER, **config):
+    """A finished run's record (test at K = 100) and its eval records at K = 10, 100 and
+    1,000, all drawn with ``sampler`` (None: a record from before samplers were named)."""
     run_dir.mkdir(parents=True)
+    named = {"sampler": sampler} if sampler else {}
     rec = {"status": "finished", "config": {"data": "dna", "model": model, "method": method,
            "K": K, "seed": 0, "batch_size": 100, "lr": 1e-3, "method_options": options or {},
            **config},
            "epochs_done": 2, "best_epoch": 2, "seconds_per_epoch": 0.5 * K,
            "model": {"parameters": 100},
-           "test": {"ll": ll - 1, "se": 0.3, "K": 100},
+           "test": {"ll": ll - 1, "se": 0.3, "K": 100, **named},
            "epochs": [{"epoch": 1, "train_ll": ll - 5, "seconds": 0.5 * K, "valid_ll": ll - 2},
                       {"epoch": 2, "train_ll": ll - 3, "seconds": 0.5 * K, "valid_ll": ll}]}
     (run_dir / "record.json").write_text(json.dumps(rec))
     for eval_k, d in ((10, -3), (100, -1), (1000, 0)):   # record's test K is 100 below
         (run_dir / f"eval-test-K{eval_k}.json").write_text(json.dumps(
-            {"K": eval_k, "ll": ll + d, "se": 0.3, "split": "test", "config": rec["config"]}))
+            {"K": eval_k, "ll": ll + d, "se": 0.3, "split": "test", "config": rec["config"],
+             **named}))
 
 
 def test_report_renders_tables_and_figures_from_records(tmp_path):
@@ -136,6 +141,37 @@ def test_report_renders_tables_and_figures_from_records(tmp_path):
         "batch_size": 100, "K=1": "-100.00 ± 0.30 (eval K=1000)", "K=5": "-95.00 ± 0.30 (eval K=1000)",
         "K=25": "-93.00 ± 0.30 (eval K=1000)", "steps": "+5.00 ± 0.42, +2.00 ± 0.42",
         "step SE": "combined", "monotone": "yes"}]
+
+
+def test_tests_on_the_lattice_sampler_are_marked_and_give_way_to_exact_re_tests(tmp_path):
+    """Records from before the exact sampler (no "sampler" key) drew on the 2^-24
+    lattice: their cells say so, an exact re-test replaces them even at a smaller K, and
+    shards of two samplers never join into one test."""
+    runs = tmp_path / "runs"
+    fixture_record(runs / "old", "sbn:200", "rws", 5, -95.0, sampler=None)
+    fixture_record(runs / "new", "sbn:200", "ws", 1, -99.0)
+    report.report([runs], tmp_path / "out")
+    table = (tmp_path / "out" / "tables" / "test_ll.md").read_text()
+    assert "-95.00 ± 0.30 (K=5, eval K=1000, lattice sampler)" in table
+    assert "-99.00 ± 0.30 (K=1, eval K=1000)" in table
+    t = pd.read_csv(tmp_path / "out" / "tables" / "ll_vs_eval_k.csv")
+    assert set(t[t.run.str.endswith("old")].sampler) == {"lattice"}
+    # an exact re-test at K = 100 beats the lattice's K = 1,000
+    config = json.loads((runs / "old" / "record.json").read_text())["config"]
+    (runs / "old" / "eval-test-K100-exact.json").write_text(json.dumps(
+        {"K": 100, "ll": -97.0, "se": 0.3, "split": "test", "config": config,
+         "sampler": SAMPLER}))
+    report.report([runs], tmp_path / "out")
+    table = (tmp_path / "out" / "tables" / "test_ll.md").read_text()
+    assert "-97.00 ± 0.30 (K=5, eval K=100)" in table and "lattice" not in table
+    # two halves of a split drawn on different samplers are no test of the split
+    for (a, b), sampler in (((0, 2), None), ((2, 4), SAMPLER)):
+        (runs / "new" / f"eval-test-K5000-points{a}-{b}.json").write_text(json.dumps(
+            {"K": 5000, "ll": -90.0, "se": 0.3, "split": "test", "config": config, "seed": 0,
+             "points": [a, b], "split_points": 4, "per_point": [-90.0, -90.0],
+             **({"sampler": sampler} if sampler else {})}))
+    evals = report.load_records([runs])[2]
+    assert 5000 not in set(evals.eval_K)
 
 
 @pytest.mark.parametrize("lls, verdict", [((-100, -95, -93), "yes"),
