@@ -9,7 +9,8 @@ two 24-bit uniforms per 64-bit word, at well under 1 ns a number.
 
 The values are k / 2^24 for k uniform on {0, ..., 2^24 - 1} on every path (the same
 lattice as ``torch.rand`` in float32 on a CPU), so P(u < p) = ceil(p 2^24) / 2^24:
-``layers.bernoulli.exact_tails`` decides again the draws whose k lies near either end.
+``tail_uniforms`` gives the draws whose k lies near either end 53 more bits, and the
+samplers decide those again (``layers.bernoulli.exact_tails``, ``tail_thresholds``).
 """
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ def tail_uniforms(u: torch.Tensor, generator: torch.Generator | None = None):
     more bits: (flat indices [m], u' = (k + V) / 2^24 and 1 - u' in float64, each [m]),
     V ~ U(0, 1) a float64 from ``generator``. On the lattice alone, every probability in
     (0, 2^-24] is drawn at 2^-24 and none above 1 - 2^-24 ever gives 0; with u' the
-    floor is 2^-77 (a logit of -53), which no evaluation's 1e12 draws reach. For the
-    samplers that compare thresholds (``ar_kernels``); ``layers.bernoulli.exact_tails``
-    decides its draws exactly instead."""
+    floor is 2^-77 (a logit of -53), which no evaluation's 1e12 draws reach. Every
+    Bernoulli sampler decides these draws with u' (``layers.bernoulli.exact_tails``,
+    ``layers.bernoulli.tail_thresholds``)."""
     u = u.reshape(-1)
     tail = TAIL_CELLS * _SCALE
     idx = torch.nonzero((u < tail).logical_or_(u >= 1 - tail)).view(-1)

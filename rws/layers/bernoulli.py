@@ -96,7 +96,6 @@ def tail_thresholds(u: torch.Tensor, generator, clamp: bool = False):
     return idx, t
 
 
-TAIL = rng.TAIL_CELLS * 2.0 ** -24    # draws with u this close to 0 or 1 are decided again
 # names the Bernoulli sampler in evaluation records and resumable evaluations' keys; the
 # records written before exact_tails (2026-12-04) lack it: their draws were u < p alone
 SAMPLER = "exact-tails"
@@ -114,42 +113,29 @@ def exact_tails(x: torch.Tensor, u: torch.Tensor, p: torch.Tensor, generator,
     K = 100,000 proposals of a thousand units such draws occur several times a point,
     and a few of them dominated a deep SBN's estimates (2026-12-04, results/README).
 
-    Here the draws with k < 2^24 TAIL or k >= 2^24 (1 - TAIL) are decided again as
-    if u had infinite precision, u = (k + V) / 2^24 with V ~ U(0, 1) taken 24 bits at
-    a time, and only as many as the comparison needs (a draw of the tail value t,
-    probability s = p on the low side and 1 - p on the high, needs more bits only
-    while V's bits so far tie with s 2^24 - k; one draw in 2^24 takes a second word).
-    s comes from ``logits`` in float64 where given (else from p), so a unit whose
-    float32 sigmoid rounds to 1 still gives 0 with probability sigmoid(-logit). Every
-    other draw stays as it is: its k lies at least 2^14 cells from either end, so
-    p and the lattice differ by at most a relative 2^-14 there, and only in the one
-    cell holding p. x [shape], u [shape], p and logits broadcast to shape.
+    Here the draws within ``rng.TAIL_CELLS`` cells of either end are decided again with
+    u' = (k + V) / 2^24 (``rng.tail_uniforms``: V a float64, 53 more bits): x = [u' < p],
+    compared on the near side, u' < sigmoid(a) at the low end and 1 - u' > sigmoid(-a)
+    at the high end, in float64 from the ``logits`` a where given (else from p), so a
+    unit whose float32 sigmoid rounds to 1 still gives 0 with probability sigmoid(-a).
+    The floor is 2^-77 (a logit of -53), which no evaluation's 1e12 draws reach. Every
+    other draw stays as it is: its k lies at least 2^14 cells from either end, so p and
+    the lattice differ by at most a relative 2^-14 there, and only in the one cell
+    holding p. The autoregressive samplers use the same u' (``tail_thresholds``).
+    x [shape], u [shape], p and logits broadcast to shape.
     """
-    near = torch.nonzero((u < TAIL).logical_or_(u >= 1 - TAIL))    # [m, ndim]
-    if near.shape[0] == 0:
+    idx, lo, hi = rng.tail_uniforms(u, generator)                  # [m] each
+    if idx.shape[0] == 0:
         return x
-    at = tuple(near.t())
-    k = u[at].double() * 2.0 ** 24                                 # [m], integers
-    high = k >= 2.0 ** 23
+    at = torch.unravel_index(idx, x.shape)
+    low = lo < 0.5
     if logits is not None:
         c = logits.expand(x.shape)[at].double()
-        s = torch.where(high, torch.sigmoid(-c), torch.sigmoid(c))
+        on = torch.where(low, lo < torch.sigmoid(c), hi > torch.sigmoid(-c))
     else:
         pm = p.expand(x.shape)[at].double()
-        s = torch.where(high, 1 - pm, pm)
-    k = torch.where(high, 2.0 ** 24 - 1 - k, k)                   # the tail value's side
-    t = s * 2.0 ** 24 - k          # the tail value iff V < t (exact: a fraction of s 2^24)
-    tail = t >= 1
-    tie = (t > 0) & (t < 1)
-    while bool(tie.any()):
-        i = torch.nonzero(tie).view(-1)
-        v = torch.randint(0, 1 << 24, (i.shape[0],), generator=generator,
-                          device=t.device).double()
-        t_i = t[i] * 2.0 ** 24 - v                                 # the next 24 bits of V
-        tail[i] = t_i >= 1
-        tie[i] = (t_i > 0) & (t_i < 1)
-        t[i] = t_i
-    x[at] = torch.where(high, ~tail, tail).to(x.dtype)
+        on = torch.where(low, lo < pm, hi > 1 - pm)
+    x[at] = on.to(x.dtype)
     return x
 
 
