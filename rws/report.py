@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rws import zoo
 from rws.errors import UserError
 from rws.layers.bernoulli import SAMPLER
 
@@ -95,10 +96,17 @@ def _ll_se_column(runs: pd.DataFrame) -> pd.Series:
                      index=runs.index, dtype=object)
 
 
-def _sampler(estimate: dict) -> str:
+def _sampler(estimate: dict, model: str | None) -> str:
     """The Bernoulli sampler a test record's estimate drew with (``LATTICE`` before the
-    records named it)."""
-    return estimate.get("sampler", LATTICE)
+    records named it). A model with Gaussian latents draws no Bernoulli unit to test
+    (its proposals are Gaussian, its pixels are scored), so its estimate is today's."""
+    if "sampler" in estimate:
+        return estimate["sampler"]
+    try:
+        gaussian = zoo.FAMILIES[zoo.parse(model).q.family].latent == "gaussian"
+    except Exception:       # an unknown or missing model name: say what the record says
+        gaussian = False
+    return SAMPLER if gaussian else LATTICE
 
 
 def _unless_exact(sampler: pd.Series) -> pd.Series:
@@ -143,7 +151,7 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                    "test_seconds": rec["test"].get("seconds"),
                    "best_epoch": rec["best_epoch"], "test_ll": rec["test"]["ll"],
                    "test_se": rec["test"]["se"], "test_k": rec["test"]["K"],
-                   "test_sampler": _sampler(rec["test"]),
+                   "test_sampler": _sampler(rec["test"], cfg["model"]),
                    "test_points": _points(rec["test"]),
                    "seconds_per_epoch": rec["seconds_per_epoch"],
                    "parameters": rec["model"]["parameters"],
@@ -164,7 +172,7 @@ def load_records(paths) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                    "method": _label(cfg.get("method", "?"), cfg.get("method_options", {})),
                    "train_K": cfg.get("K"), "eval_K": rec["K"], "split": rec.get("split"),
                    "ll": rec["ll"], "se": rec["se"], "seconds": rec.get("seconds"),
-                   "sampler": _sampler(rec), "per_point": _points(rec)}
+                   "sampler": _sampler(rec, cfg.get("model")), "per_point": _points(rec)}
             if "points" in rec:
                 shards.append({**row, "points": rec["points"], "split_points": rec["split_points"],
                                "seed": rec.get("seed")})

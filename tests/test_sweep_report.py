@@ -156,6 +156,10 @@ def test_tests_on_the_lattice_sampler_are_marked_and_give_way_to_exact_re_tests(
     assert "-99.00 ± 0.30 (K=1, eval K=1000)" in table
     t = pd.read_csv(tmp_path / "out" / "tables" / "ll_vs_eval_k.csv")
     assert set(t[t.run.str.endswith("old")].sampler) == {"lattice"}
+    # a model with Gaussian latents draws no Bernoulli unit: nothing to mark
+    fixture_record(runs / "vae", "gauss:50", "vae", 1, -91.0, sampler=None)
+    report.report([runs], tmp_path / "out")
+    assert "-91.00 ± 0.30 (K=1, eval K=1000)" in (tmp_path / "out" / "tables" / "test_ll.md").read_text()
     # an exact re-test at K = 100 beats the lattice's K = 1,000
     config = json.loads((runs / "old" / "record.json").read_text())["config"]
     (runs / "old" / "eval-test-K100-exact.json").write_text(json.dumps(
