@@ -103,8 +103,9 @@ def _sampler(estimate: dict, model: str | None) -> str:
     if "sampler" in estimate:
         return estimate["sampler"]
     try:
-        gaussian = zoo.FAMILIES[zoo.parse(model).q.family].latent == "gaussian"
-    except Exception:       # an unknown or missing model name: say what the record says
+        family = zoo.parse(model).q.family if model is not None else None
+        gaussian = family is not None and zoo.FAMILIES[family].latent == "gaussian"
+    except UserError:       # a model name this version cannot parse: what the record says
         gaussian = False
     return SAMPLER if gaussian else LATTICE
 

@@ -24,15 +24,21 @@ def _arrays(*tensors):
 
 def _tails(u, generator, clamp):
     """The draws of the uniforms u [n_x, R] (unit-major) near 0 or 1 and their exact logit
-    thresholds (``tail_thresholds``): as numpy arrays for the compiled samplers, and
-    per unit (rows [m_j], thresholds [m_j]) for the torch loops."""
+    thresholds (``tail_thresholds``), as numpy arrays (flat indices, thresholds) for the
+    compiled samplers."""
+    idx, t = tail_thresholds(u, generator, clamp)
+    return idx.cpu().numpy(), t.cpu().numpy()
+
+
+def _unit_tails(u, generator, clamp):
+    """The same draws per unit for the torch loops: [(rows [m_j], thresholds [m_j])] for
+    each unit j (a split of a sort, which the compiled samplers need not pay for)."""
     idx, t = tail_thresholds(u, generator, clamp)
     R = u.shape[1]
     unit = idx // R
     counts = torch.bincount(unit, minlength=u.shape[0]).tolist()
     order = torch.argsort(unit, stable=True)
-    per_unit = list(zip((idx % R)[order].split(counts), t[order].split(counts)))
-    return (idx.cpu().numpy(), t.cpu().numpy()), per_unit
+    return list(zip((idx % R)[order].split(counts), t[order].split(counts)))
 
 
 def _fix_tails(x_j, logit_j, tails_j):
@@ -128,10 +134,11 @@ class DARN(nn.Module):
         (x [R, n_x], auto), auto = x (W * M) from the compiled sampler, or None from the
         torch loop (other devices and dtypes)."""
         u = rng.uniform((self.n_x, base.shape[0]), generator, base.device, base.dtype)
-        tails, per_unit = _tails(u, generator, self.clamp)
         if _use_kernels(self.W):                                # unit j: u[j]
-            x, auto = ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp, tails)
+            x, auto = ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp,
+                                             _tails(u, generator, self.clamp))
             return torch.from_numpy(x), torch.from_numpy(auto)
+        per_unit = _unit_tails(u, generator, self.clamp)
         accT = base.t().contiguous()                   # running logits [n_x, R]
         xT = torch.empty_like(accT)
         for j in range(self.n_x):
@@ -261,7 +268,7 @@ class NADE(nn.Module):
                 u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)
                 x, s = map(torch.from_numpy, ar_kernels.sample(
                     *_arrays(b, c, self.W, self.V.t(), u), self.clamp,
-                    _tails(u, generator, self.clamp)[0]))
+                    _tails(u, generator, self.clamp)))
             if not score:
                 return x, None
             logits = NADELogits.apply(x, b, c, self.W, self.V, s)      # s: no rerun
@@ -270,7 +277,7 @@ class NADE(nn.Module):
             b, c = self._biases(y, n)
             a = c.clone()                                  # [N*n, H]
             u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)  # unit i: u[i]
-            per_unit = _tails(u, generator, self.clamp)[1]
+            per_unit = _unit_tails(u, generator, self.clamp)
             bT, VT = b.t().contiguous(), self.V.t().contiguous()
             xT = torch.empty_like(bT)                      # [n_x, N*n]
             for i in range(self.n_x):
