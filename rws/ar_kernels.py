@@ -187,14 +187,19 @@ def _build(exp_neg, ftype):
             rows = min(BLOCK, R - r0)
             acc[:rows] = 0
             for j in range(D):
+                # unit j feeds the units after it, from the multiple of 16 at or below
+                # j + 1: the units up to j are read out already, so adding there is
+                # harmless, and the vector loop starts aligned with less scalar
+                # remainder (25 rows x 784 units, half of them on, fresh uniforms each
+                # call: 0.42-0.50 instead of 0.55-0.61 ms). The unsigned index tells
+                # LLVM that no negative index wraps around, so the loop vectorises
+                # (signed, it ran scalar: 1.9 instead of 0.4 ms)
+                start = np.uint64((j + 1) & ~15)
                 for m in range(rows):
                     auto[r0 + m, j] = acc[m, j]       # unit j's term, final from here on
                     if base[r0 + m, j] + acc[m, j] > tT[j, r0 + m]:
                         x[r0 + m, j] = one
-                        # unit j feeds the units after it; the unsigned index tells LLVM
-                        # that no negative index wraps around, so the loop vectorises
-                        # (signed, it ran scalar: 25 x 784 pixels 1.9 instead of 0.4 ms)
-                        for k in range(np.uint64(j + 1), np.uint64(D)):
+                        for k in range(start, np.uint64(D)):
                             acc[m, k] += W[j, k]
                     else:
                         x[r0 + m, j] = zero
