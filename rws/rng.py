@@ -57,11 +57,15 @@ def tail_uniforms(u: torch.Tensor, generator: torch.Generator | None = None):
     ``layers.bernoulli.tail_thresholds``)."""
     u = u.reshape(-1)
     tail = TAIL_CELLS * _SCALE
-    if u.device.type == "cpu":         # (NumPy finds them several times faster)
-        flat = u.numpy()
-        idx = torch.from_numpy(np.flatnonzero((flat < tail) | (flat >= 1 - tail)))
+    if u.device.type == "cpu":   # in NumPy: torch's search and its dozen operations on
+        flat = u.numpy()         # the few tail draws took several times as long
+        idx = np.flatnonzero((flat < tail) | (flat >= 1 - tail))
+        k = flat[idx].astype(np.float64) * 2.0 ** 24              # [m], integers
+        v = torch.rand(idx.shape[0], generator=generator, dtype=torch.float64).numpy()
+        wrap = torch.from_numpy
     else:
         idx = torch.nonzero((u < tail).logical_or_(u >= 1 - tail)).view(-1)
-    v = torch.rand(idx.shape[0], generator=generator, device=u.device, dtype=torch.float64)
-    k = u[idx].double() * 2.0 ** 24                               # [m], integers
-    return idx, (k + v) * 2.0 ** -24, ((1 << 24) - k - v) * 2.0 ** -24
+        k = u[idx].double() * 2.0 ** 24
+        v = torch.rand(idx.shape[0], generator=generator, device=u.device, dtype=torch.float64)
+        wrap = torch.as_tensor
+    return wrap(idx), wrap((k + v) * 2.0 ** -24), wrap(((1 << 24) - k - v) * 2.0 ** -24)

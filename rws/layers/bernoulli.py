@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,10 +91,15 @@ def tail_thresholds(u: torch.Tensor, generator, clamp: bool = False):
     layers): t = log(u' / (1 - u')) of ``rng.tail_uniforms``' u' with 53 more bits,
     or of (u' - 5e-6) / 0.9999 for the original code's clamped sigmoid."""
     idx, lo, hi = rng.tail_uniforms(u, generator)
+    if lo.device.type != "cpu":
+        log = torch.log
+    else:                      # (NumPy: a few operations on a few numbers, as tail_uniforms)
+        lo, hi, log = lo.numpy(), hi.numpy(), np.log
     if clamp:
         lo, hi = (lo - 5e-6) / 0.9999, (hi - 5e-6) / 0.9999
-    t = torch.log(lo.clamp_min(0)) - torch.log(hi.clamp_min(0))   # -inf: always, +inf: never
-    return idx, t
+    with np.errstate(divide="ignore"):                        # -inf: always, +inf: never
+        t = log(lo.clip(min=0)) - log(hi.clip(min=0))
+    return idx, torch.as_tensor(t)
 
 
 # names the Bernoulli sampler in evaluation records and resumable evaluations' keys; the
