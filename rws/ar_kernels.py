@@ -23,6 +23,8 @@ does not apply to them).
     backward(x, c, W, VT, g) -> (dc, dW, dVT)          with g = dL/ds
     sample(b, c, W, VT, uT, clamp, tails) -> (x, s)    x_i = [u_i < p(x_i = 1 | x_<i)]
     darn_sample(base, W, uT, clamp, tails) -> (x, auto)   DARN: auto = x (W * M), its log_prob's GEMM
+    triangular_product(x, W) -> x (W * M)              DARN's term and its weight gradient,
+    triangular_weight_grad(x, G) -> (x^T G) * M         from the nonzero x only
 
 (the samplers compare each logit with ``draw_thresholds(uT, clamp)``, the uniforms'
 logits, rather than each uniform with a probability)
@@ -33,9 +35,11 @@ the same draws. The backward pass keeps nothing [R, D, H] from the forward pass:
 row it runs the updates to a_D (no sigmoid), then walks the units down, recovering
 a_i = a_{i+1} - x_i W[i] (re-anchored every ``ANCHOR`` units at values saved on the way
 up, so rounding cannot drift) and evaluating each h_i once. A DARN's sampler likewise
-skips the update of the later units' logits where x_j = 0. ``available()`` says whether
-numba is installed; ``rws.layers`` falls back to its torch loops without it, on other
-devices, and with RWS_NUMBA=0.
+skips the update of the later units' logits where x_j = 0, and for sparse x (MNIST's
+pixels, 13% on) its term x (W * M) and weight gradient (x^T G) * M run over the nonzero
+x_i within the upper triangle instead of as masked dense GEMMs. ``available()`` says
+whether numba is installed; ``rws.layers`` falls back to its torch loops without it, on
+other devices, and with RWS_NUMBA=0.
 """
 from __future__ import annotations
 
@@ -204,7 +208,33 @@ def _build(exp_neg, ftype):
                     else:
                         x[r0 + m, j] = zero
 
-    return walk, backward, darn_sample
+    @_jit
+    def triangular_product(x, W, out):
+        """out = x (W * M), M_ik = [i < k], over the nonzero x_i only; unit i outermost,
+        so each row of W is read once for all rows of x."""
+        R, D = x.shape
+        out[:] = 0
+        for i in range(D - 1):
+            for m in range(R):
+                xi = x[m, i]
+                if xi != 0:
+                    for k in range(np.uint64(i + 1), np.uint64(D)):
+                        out[m, k] += xi * W[i, k]
+
+    @_jit
+    def triangular_weight_grad(x, G, dW):
+        """dW = (x^T G) * M over the nonzero x_i only; row i of dW stays in cache over
+        the rows of x."""
+        R, D = x.shape
+        dW[:] = 0
+        for i in range(D - 1):
+            for m in range(R):
+                xi = x[m, i]
+                if xi != 0:
+                    for k in range(np.uint64(i + 1), np.uint64(D)):
+                        dW[i, k] += xi * G[m, k]
+
+    return walk, backward, darn_sample, triangular_product, triangular_weight_grad
 
 
 _kernels = {}
@@ -295,3 +325,27 @@ def darn_sample(base, W, uT, clamp: bool, tails=None):
         R, D = base.shape
         _count(2 * int((D - 1 - np.nonzero(x)[1]).sum()), 0)
     return x, auto
+
+
+def _triangular_flops(x) -> int:
+    """2 x the multiply-adds of x (W * M) over x's nonzeros: D - 1 - i for each x_i."""
+    return 2 * int((x.shape[1] - 1 - np.nonzero(x)[1]).sum())
+
+
+def triangular_product(x, W):
+    """A DARN's autoregressive term x (W * M), M_ik = [i < k], from x's nonzeros: x [R, D],
+    W [D, D] -> [R, D]."""
+    out = np.empty_like(x)
+    _for(x.dtype)[3](x, W, out)
+    if on_work is not None:
+        _count(_triangular_flops(x), 0)
+    return out
+
+
+def triangular_weight_grad(x, G):
+    """Its weight gradient (x^T G) * M from x's nonzeros: x, G [R, D] -> [D, D]."""
+    dW = np.empty((x.shape[1], x.shape[1]), x.dtype)
+    _for(x.dtype)[4](x, G, dW)
+    if on_work is not None:
+        _count(_triangular_flops(x), 0)
+    return dW

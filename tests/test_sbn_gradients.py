@@ -40,10 +40,11 @@ def grads_of(module, backward, x, seed, scale=1.0, parts=1):
     ("darn/sbn:6-4", 8, "rws", 3, {}),
 ])
 @pytest.mark.parametrize("parts", [1, 2])
-def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K, options, parts):
+def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K, options, parts,
+                                                       density=0.4):
     model = tiny_model(spec, n_data=n_data, seed=3, scale=0.7)
     m = methods.build(method, model, K, **options)
-    x = (torch.rand(12, n_data, generator=torch.Generator().manual_seed(4)) < 0.4).float()
+    x = (torch.rand(12, n_data, generator=torch.Generator().manual_seed(4)) < density).float()
     assert sbn_gradients.supported(model)
     auto, auto_out = grads_of(m, lambda *a: Method.backward(m, *a), x, 5, 0.7, parts)
     closed, closed_out = grads_of(m, m.backward, x, 5, 0.7, parts)
@@ -53,6 +54,16 @@ def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K
     for (fa, sa), (fc, sc) in zip(auto_out, closed_out):
         assert bool(fa) and bool(fc)
         assert sa["train_ll"].item() == pytest.approx(sc["train_ll"].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["darn:20", "darn:6-4-3"])
+def test_darn_closed_form_equals_autograd_on_sparse_data(spec):
+    """Data with few units on, as MNIST's pixels: P's term x (W * M) and its weight
+    gradient run over the nonzeros (``layers.autoregressive.triangular_product``)."""
+    from rws.layers import autoregressive
+    x = (torch.rand(12, 30, generator=torch.Generator().manual_seed(4)) < 0.1).float()
+    assert autoregressive._sparse(x, x)
+    test_closed_form_equals_autograd_on_the_same_samples(spec, 30, "rws", 4, {}, 1, density=0.1)
 
 
 def test_darn_closed_form_equals_autograd_on_the_torch_loops(monkeypatch):
