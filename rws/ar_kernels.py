@@ -321,9 +321,8 @@ def darn_sample(base, W, uT, clamp: bool, tails=None):
     W [D, D], input i to output j): (x, auto)."""
     x, auto = np.empty_like(base), np.empty_like(base)
     _for(base.dtype)[2](base, W, draw_thresholds(uT, clamp, tails), x, auto)
-    if on_work is not None:
-        R, D = base.shape
-        _count(2 * int((D - 1 - np.nonzero(x)[1]).sum()), 0)
+    if on_work is not None:        # its pushes: x (W * M) over the draws that are on
+        _count(_triangular_flops(x), 0)
     return x, auto
 
 

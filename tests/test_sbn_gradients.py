@@ -40,11 +40,10 @@ def grads_of(module, backward, x, seed, scale=1.0, parts=1):
     ("darn/sbn:6-4", 8, "rws", 3, {}),
 ])
 @pytest.mark.parametrize("parts", [1, 2])
-def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K, options, parts,
-                                                       density=0.4):
+def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K, options, parts):
     model = tiny_model(spec, n_data=n_data, seed=3, scale=0.7)
     m = methods.build(method, model, K, **options)
-    x = (torch.rand(12, n_data, generator=torch.Generator().manual_seed(4)) < density).float()
+    x = (torch.rand(12, n_data, generator=torch.Generator().manual_seed(4)) < 0.4).float()
     assert sbn_gradients.supported(model)
     auto, auto_out = grads_of(m, lambda *a: Method.backward(m, *a), x, 5, 0.7, parts)
     closed, closed_out = grads_of(m, m.backward, x, 5, 0.7, parts)
@@ -57,13 +56,21 @@ def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K
 
 
 @pytest.mark.parametrize("spec", ["darn:20", "darn:6-4-3"])
-def test_darn_closed_form_equals_autograd_on_sparse_data(spec):
-    """Data with few units on, as MNIST's pixels: P's term x (W * M) and its weight
-    gradient run over the nonzeros (``layers.autoregressive.triangular_product``)."""
+def test_darn_closed_form_on_sparse_data_equals_autograd_of_the_masked_gemms(monkeypatch, spec):
+    """Data with few units on, as MNIST's pixels: the closed form takes P's term x (W * M)
+    and its weight gradient over the nonzeros (``layers.autoregressive.triangular_product``);
+    autograd, on the same samples, takes them as the masked dense GEMMs of the definition."""
     from rws.layers import autoregressive
+    model = tiny_model(spec, n_data=30, seed=3, scale=0.7)
+    m = methods.build("rws", model, 4)
     x = (torch.rand(12, 30, generator=torch.Generator().manual_seed(4)) < 0.1).float()
     assert autoregressive._sparse(x, x)
-    test_closed_form_equals_autograd_on_the_same_samples(spec, 30, "rws", 4, {}, 1, density=0.1)
+    closed, _ = grads_of(m, m.backward, x, 5, 0.7)
+    monkeypatch.setattr(autoregressive, "_sparse", lambda x, other: False)
+    auto, _ = grads_of(m, lambda *a: Method.backward(m, *a), x, 5, 0.7)
+    for a, c in zip(auto, closed):
+        assert a.abs().max() > 0
+        assert torch.allclose(a, c, rtol=1e-5, atol=1e-6 * a.abs().max().item())
 
 
 def test_darn_closed_form_equals_autograd_on_the_torch_loops(monkeypatch):
