@@ -35,13 +35,15 @@ def test_logits_and_gradients_match_the_vectorised_definition(path, dtype, densi
     """Sparse and dense x: the kernels evaluate sigmoid(a) again only where a unit
     x_i = 1 changed a (and at re-anchorings), so long runs of zeros reuse it."""
     g = torch.Generator().manual_seed(0)
-    R, D, H = 9, 150, 7                      # more units than one re-anchoring span (64)
+    R, D, H = 17, 150, 7                     # two blocks of 8 rows and one more; more units
+                                             # than one re-anchoring span (64)
     x = torch.bernoulli(torch.full((R, D), density), generator=g).to(dtype)
     x[0], x[1] = 0, 1                        # a row of zeros (one sigmoid), a row of ones
     b, c = (torch.randn(R, n, generator=g, dtype=dtype).requires_grad_() for n in (D, H))
     W = (0.3 * torch.randn(D, H, generator=g, dtype=dtype)).requires_grad_()
     V = torch.randn(H, D, generator=g, dtype=dtype).requires_grad_()
     up = torch.randn(R, D, generator=g, dtype=dtype)
+    up[2, ::3] = 0                           # units with g_i = 0 (their sigmoid skipped)
     want = vectorised_logits(x, b, c, W, V)
     want_grads = torch.autograd.grad((want * up).sum(), (b, c, W, V))
     got = layers.NADELogits.apply(x, b, c, W, V)
