@@ -303,8 +303,9 @@ on_work = None
 
 
 def _count(vector_flops: int, sigmoids: int) -> None:
-    if on_work is not None:
-        on_work(int(vector_flops), int(sigmoids))
+    """Report work to ``on_work``; callers test ``on_work is not None`` first, so a
+    training step does not pay for the counting (1.7 of 36 ms in a NADE/NADE step)."""
+    on_work(int(vector_flops), int(sigmoids))
 
 
 def _sigmoid_rows(x, anchored: bool) -> int:
@@ -334,33 +335,37 @@ def draw_thresholds(uT, clamp: bool, tails=None):
     if tails is not None:                       # (flat indices, their thresholds)
         idx, t_tail = tails
         t.reshape(-1)[idx] = t_tail
-    _count(0, t.size)
+    if on_work is not None:
+        _count(0, t.size)
     return t
 
 
 def forward(x, b, c, W, VT):
     s = np.empty_like(b)
     _for(b.dtype)[0](b, c, W, VT, np.empty((0, 0), b.dtype), False, x, s)
-    R, D, H = *x.shape, c.shape[1]
-    _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
+    if on_work is not None:
+        R, D, H = *x.shape, c.shape[1]
+        _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
     return s
 
 
 def backward(x, c, W, VT, g):
     dc, dW, dVT = np.empty_like(c), np.empty_like(W), np.empty_like(VT)
     _for(c.dtype)[1](x, c, W, VT, g, dc, dW, dVT)
-    H = c.shape[1]
-    # the updates up and down again, dW where x_i != 0, dVT and d where g_i != 0
-    _count(3 * 2 * np.count_nonzero(x) * H + 2 * 2 * np.count_nonzero(g) * H,
-           _sigmoid_rows(x, True) * H)
+    if on_work is not None:
+        # the updates up and down again, dW where x_i != 0, dVT and d where g_i != 0
+        H = c.shape[1]
+        _count(3 * 2 * np.count_nonzero(x) * H + 2 * 2 * np.count_nonzero(g) * H,
+               _sigmoid_rows(x, True) * H)
     return dc, dW, dVT
 
 
 def sample(b, c, W, VT, uT, clamp: bool, tails=None):
     x, s = np.empty_like(b), np.empty_like(b)
     _for(b.dtype)[0](b, c, W, VT, draw_thresholds(uT, clamp, tails), True, x, s)
-    R, D, H = *b.shape, c.shape[1]
-    _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
+    if on_work is not None:
+        R, D, H = *b.shape, c.shape[1]
+        _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
     return x, s
 
 
