@@ -71,6 +71,18 @@ class FusedAdam(torch.optim.Adam):
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        # torch's fused kernel walks the parameter and its moments as flat memory: a
+        # moment loaded with other strides than its parameter's (a state saved before a
+        # layer changed its parameter's layout, such as NADE's V) would be updated
+        # element by element against the wrong entries. Give each moment its
+        # parameter's layout.
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                for key in ("exp_avg", "exp_avg_sq"):
+                    m = state.get(key)
+                    if m is not None and m.stride() != p.stride():
+                        state[key] = torch.empty_like(p).copy_(m)
         self._buffers.clear()
 
     def add_param_group(self, param_group):

@@ -1,5 +1,6 @@
 """The training protocols (rws.protocol): the original code's EMA momentum against a
 hand-computed sequence of steps, and every knob reaching the update it claims to change."""
+import copy
 import json
 import math
 
@@ -116,6 +117,29 @@ def test_fused_adam_takes_torchs_steps_bit_for_bit_and_its_fast_path(monkeypatch
     fused.load_state_dict(unfused.state_dict())
     fused.step()
     assert torch_steps.count(FusedAdam) == 3
+
+
+def test_fused_adam_gives_loaded_moments_their_parameters_layout():
+    """torch's fused kernel walks a parameter and its moments as flat memory: a moment
+    saved from a contiguous parameter and loaded for a transposed one (NADE's V, stored
+    unit-major) must take the parameter's strides, or the update pairs wrong entries."""
+    gen = torch.Generator().manual_seed(0)
+    steps = [torch.randn(4, 6, generator=gen) for _ in range(3)]
+    contiguous = torch.nn.Parameter(torch.randn(4, 6, generator=gen))
+    transposed = torch.nn.Parameter(contiguous.detach().t().contiguous().t())
+    assert not transposed.is_contiguous()
+    first = FusedAdam([contiguous], lr=0.1)
+    for g in steps[:2]:
+        contiguous.grad = g.clone()
+        first.step()
+    transposed.data.copy_(contiguous.detach())
+    second = FusedAdam([transposed], lr=0.1)
+    second.load_state_dict(copy.deepcopy(first.state_dict()))     # as from a checkpoint
+    assert second.state[transposed]["exp_avg"].stride() == transposed.stride()
+    contiguous.grad, transposed.grad = steps[2].clone(), steps[2].t().contiguous().t()
+    first.step()
+    second.step()
+    assert torch.equal(transposed, contiguous)
 
 
 def test_ref_protocol_resolves_every_knob_and_explicit_settings_win():
