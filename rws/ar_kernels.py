@@ -66,7 +66,7 @@ _NEG_LOG2_E, _LN_2, _LIMIT = _F(-1.4426950408889634), _F(0.6931471805599453), _F
 _P = tuple(_F(v) for v in (1.0000001192092896, 0.9999997019767761, 0.49998894333839417,
                            0.16667574644088745, 0.04191538318991661, 0.008297651074826717))
 ANCHOR = 64       # the backward pass re-anchors a_i at saved values every 64 units
-BLOCK = 8         # rows walked together, sharing each unit's weights in cache (_dot8, _axpy8)
+BLOCK = 8         # rows walked together, sharing each unit's weights (_dot8, _axpy8, d's update)
 
 
 def available() -> bool:
