@@ -55,7 +55,7 @@ import torch
 from rws import bf16
 from rws.layers import (DARN, DARNTop, SBN, SBNTop, bernoulli_draw, bernoulli_log_prob,
                         repeat_rows)
-from rws.layers.autoregressive import triangular_product, triangular_weight_grad
+from rws.layers.autoregressive import sparse_product, sparse_weight_grad
 
 
 def supported(model) -> bool:
@@ -95,7 +95,7 @@ def _add_linear_grads(layer: SBN, G: torch.Tensor, y: torch.Tensor) -> None:
 
 def _darn_auto(layer: DARN, x: torch.Tensor) -> torch.Tensor:
     """A DARN's autoregressive term x (W * M): [..., n_x] -> [..., n_x]."""
-    return triangular_product(x.reshape(-1, layer.n_x), layer.W, layer.mask).view(x.shape)
+    return sparse_product(x.reshape(-1, layer.n_x), layer.W, layer.mask).view(x.shape)
 
 
 def _add_darn_grads(layer: DARN, G: torch.Tensor, y, G_x: torch.Tensor, x: torch.Tensor) -> None:
@@ -104,9 +104,9 @@ def _add_darn_grads(layer: DARN, G: torch.Tensor, y, G_x: torch.Tensor, x: torch
     dL/dW += (x^T G_x) * M for the layer's own units x [M, n_x] with their G_x
     (G summed over the draws that share x)."""
     if layer.U is not None:
-        _add(layer.U, y.t() @ G)
+        _add(layer.U, sparse_weight_grad(y, G))
     _add(layer.b, G.sum(0))
-    _add(layer.W, triangular_weight_grad(x, G_x, layer.mask))
+    _add(layer.W, sparse_weight_grad(x, G_x, layer.mask))
 
 
 @dataclass

@@ -54,25 +54,29 @@ def test_logits_and_gradients_match_the_vectorised_definition(path, dtype, densi
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.2, 1.0])
-def test_triangular_kernels_match_the_masked_products(dtype, density):
-    """A DARN's x (W * M) and (x^T G) * M over x's nonzeros (any values, not only 1)
-    against the masked GEMMs, with more units than one vector (16) and a ragged end."""
+@pytest.mark.parametrize("n_out", [None, 23])
+def test_sparse_kernels_match_the_products(dtype, density, n_out):
+    """x W and x^T G over x's nonzeros (any values, not only 1) against the GEMMs: a
+    DARN's masked x (W * M) and (x^T G) * M (n_out None: W [D, D]) and the rectangular
+    y U of its inputs (n_out = 23), with more units than one vector (16) and a ragged end."""
     from rws import ar_kernels
     from rws.layers import autoregressive
     g = torch.Generator().manual_seed(0)
     R, D = 7, 37
     x = torch.randn(R, D, generator=g, dtype=dtype) * (torch.rand(R, D, generator=g) < density)
-    W, G = (torch.randn(n, D, generator=g, dtype=dtype) for n in (D, R))
-    M = torch.triu(torch.ones(D, D, dtype=dtype), 1)
-    got = torch.from_numpy(ar_kernels.triangular_product(x.numpy(), W.numpy()))
-    assert torch.allclose(got, x @ (W * M), **TOL[dtype])
-    got = torch.from_numpy(ar_kernels.triangular_weight_grad(x.numpy(), G.numpy()))
-    assert torch.allclose(got, (x.t() @ G) * M, **TOL[dtype])
+    W = torch.randn(D, n_out or D, generator=g, dtype=dtype)
+    G = torch.randn(R, n_out or D, generator=g, dtype=dtype)
+    M = torch.triu(torch.ones(D, D, dtype=dtype), 1) if n_out is None else None
+    masked = W * M if M is not None else W
+    want_dW = x.t() @ G if M is None else (x.t() @ G) * M
+    got = torch.from_numpy(ar_kernels.sparse_product(x.numpy(), W.numpy(), M is not None))
+    assert torch.allclose(got, x @ masked, **TOL[dtype])
+    got = torch.from_numpy(ar_kernels.sparse_weight_grad(x.numpy(), G.numpy(), M is not None))
+    assert torch.allclose(got, want_dW, **TOL[dtype])
     # the layer's dispatch: the kernels up to SPARSE_SHARE of x nonzero, GEMMs above
     assert autoregressive._sparse(x, W) == (density <= autoregressive.SPARSE_SHARE)
-    assert torch.allclose(autoregressive.triangular_product(x, W, M), x @ (W * M), **TOL[dtype])
-    assert torch.allclose(autoregressive.triangular_weight_grad(x, G, M), (x.t() @ G) * M,
-                          **TOL[dtype])
+    assert torch.allclose(autoregressive.sparse_product(x, W, M), x @ masked, **TOL[dtype])
+    assert torch.allclose(autoregressive.sparse_weight_grad(x, G, M), want_dW, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

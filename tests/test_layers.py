@@ -135,21 +135,27 @@ def test_darn_conditions_each_unit_on_earlier_units_only():
     assert layer.log_prob(x).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
-def test_darn_triangular_product_differentiates_as_the_masked_product():
-    """TriangularProduct's hand-written backward (dW masked in place, dx) against
-    autograd through x (W * M), in float64."""
-    from rws.layers.autoregressive import TriangularProduct
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("density", [1.0, 0.15])
+def test_darn_sparse_product_differentiates_as_the_product(masked, density):
+    """SparseProduct's hand-written backward (dW masked in place, dx) against autograd
+    through x (W * M) or x W, in float64, on dense x and on sparse x (the compiled
+    loops over x's nonzeros)."""
+    from rws.layers.autoregressive import SparseProduct, _sparse
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    x = (x * (torch.rand(40, 5, generator=g) < density)).requires_grad_()
     W = torch.randn(5, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    mask = torch.triu(torch.ones(5, 5, dtype=torch.float64), 1)
-    assert torch.autograd.gradcheck(lambda x, W: TriangularProduct.apply(x, W, mask), (x, W))
-    G = torch.randn(4, 5, generator=g, dtype=torch.float64)
-    got = torch.autograd.grad((TriangularProduct.apply(x, W, mask) * G).sum(), (x, W))
-    want = torch.autograd.grad((x @ (W * mask) * G).sum(), (x, W))
+    mask = torch.triu(torch.ones(5, 5, dtype=torch.float64), 1) if masked else None
+    assert _sparse(x, W) == (density < 1)
+    assert torch.autograd.gradcheck(lambda x, W: SparseProduct.apply(x, W, mask), (x, W))
+    G = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((SparseProduct.apply(x, W, mask) * G).sum(), (x, W))
+    want = torch.autograd.grad((x @ (W * mask if masked else W) * G).sum(), (x, W))
     for h, w in zip(got, want):
         assert torch.allclose(h, w)
-    assert not got[1].tril().any()                  # nothing reaches the masked weights
+    if masked:
+        assert not got[1].tril().any()              # nothing reaches the masked weights
 
 
 def test_nade_log_prob_matches_its_definition_unit_by_unit():

@@ -58,7 +58,8 @@ def test_closed_form_equals_autograd_on_the_same_samples(spec, n_data, method, K
 @pytest.mark.parametrize("spec", ["darn:20", "darn:6-4-3"])
 def test_darn_closed_form_on_sparse_data_equals_autograd_of_the_masked_gemms(monkeypatch, spec):
     """Data with few units on, as MNIST's pixels: the closed form takes P's term x (W * M)
-    and its weight gradient over the nonzeros (``layers.autoregressive.triangular_product``);
+    and its weight gradient over the nonzeros (``layers.autoregressive.sparse_product``),
+    and so Q's first layer its y U and dU;
     autograd, on the same samples, takes them as the masked dense GEMMs of the definition."""
     from rws.layers import autoregressive
     model = tiny_model(spec, n_data=30, seed=3, scale=0.7)

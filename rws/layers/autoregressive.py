@@ -66,18 +66,20 @@ def _sparse(x, other):
     return np.count_nonzero(head) <= SPARSE_SHARE * head.size
 
 
-def triangular_product(x, W, mask):
-    """A DARN's autoregressive term x (W * M) for x [R, D]: [R, D]."""
+def sparse_product(x, W, mask=None):
+    """x W for x [R, D_in], W [D_in, D_out], or a DARN's autoregressive term x (W * M)
+    with its mask M: [R, D_out]."""
     if _sparse(x, W):
-        return torch.from_numpy(ar_kernels.triangular_product(*_arrays(x, W)))
-    return x @ (W * mask)
+        return torch.from_numpy(ar_kernels.sparse_product(*_arrays(x, W), mask is not None))
+    return x @ (W if mask is None else W * mask)
 
 
-def triangular_weight_grad(x, G, mask):
-    """Its weight gradient (x^T G) * M for x, G [R, D]: [D, D]."""
+def sparse_weight_grad(x, G, mask=None):
+    """Their weight gradient x^T G, or (x^T G) * M, for x [R, D_in], G [R, D_out]."""
     if _sparse(x, G):
-        return torch.from_numpy(ar_kernels.triangular_weight_grad(*_arrays(x, G)))
-    return torch.mm(x.t(), G).mul_(mask)
+        return torch.from_numpy(ar_kernels.sparse_weight_grad(*_arrays(x, G), mask is not None))
+    dW = torch.mm(x.t(), G)
+    return dW if mask is None else dW.mul_(mask)
 
 
 def _repeats(x, y):
@@ -87,27 +89,29 @@ def _repeats(x, y):
     return rows // x.shape[0], (rows if y is None else rows // y.shape[0])
 
 
-class TriangularProduct(torch.autograd.Function):
-    """x (W * M) for a DARN's strictly upper-triangular mask M: [R, D] -> [R, D].
+class SparseProduct(torch.autograd.Function):
+    """x W, or x (W * M) for a DARN's strictly upper-triangular mask M: [R, D_in] -> [R, D_out].
 
-    backward: dW = (x^T G) * M, and dx = G (W * M)^T where x needs it. For sparse x
-    (binary data, most units off) on a CPU both x (W * M) and dW run over x's nonzeros
-    (``triangular_product``, ``triangular_weight_grad``).
+    backward: dW = x^T G (times M), and dx = G (W * M)^T where x needs it. For sparse x
+    (binary data, most units off) on a CPU both the product and dW run over x's nonzeros
+    (``sparse_product``, ``sparse_weight_grad``).
     ``known``: the product, already computed (by the sampler that drew x).
     """
 
     @staticmethod
-    def forward(ctx, x, W, mask, known=None):
+    def forward(ctx, x, W, mask=None, known=None):
         ctx.save_for_backward(x, W, mask)
         if known is not None:
             return known.clone()
-        return triangular_product(x, W, mask)
+        return sparse_product(x, W, mask)
 
     @staticmethod
     def backward(ctx, G):
         x, W, mask = ctx.saved_tensors
-        dx = G @ (W * mask).t() if ctx.needs_input_grad[0] else None
-        dW = triangular_weight_grad(x, G, mask) if ctx.needs_input_grad[1] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = G @ (W if mask is None else W * mask).t()
+        dW = sparse_weight_grad(x, G, mask) if ctx.needs_input_grad[1] else None
         return dx, dW, None, None
 
 
@@ -134,7 +138,7 @@ class DARN(nn.Module):
         """b + y U, repeated n times per row: [N*n, n_x] (top: [n, n_x])."""
         if y is None or self.U is None:
             return self.b.expand(n, -1)
-        return repeat_rows(y @ self.U + self.b, n)
+        return repeat_rows(SparseProduct.apply(y, self.U) + self.b, n)
 
     def log_prob(self, x, y=None):
         """log p(x | y) [rows]; x or y may be given once per point (``_repeats``)."""
@@ -143,7 +147,7 @@ class DARN(nn.Module):
         # under K proposals: the x (W * M) GEMM pair on 1/K of the rows; Q's scoring of
         # its K draws: y U on 1/K of them)
         nx, ny = _repeats(x, y)
-        auto = repeat_rows(TriangularProduct.apply(x, self.W, self.mask), nx)
+        auto = repeat_rows(SparseProduct.apply(x, self.W, self.mask), nx)
         logits = self._base(y, ny) + auto                                  # [rows, n_x]
         return bernoulli_log_prob(logits, repeat_rows(x, nx), self.clamp)
 
@@ -159,7 +163,7 @@ class DARN(nn.Module):
             return x, None
         if auto is None:                       # (the torch loop's draws: scored anew)
             return x, self.log_prob(x, y)
-        auto = TriangularProduct.apply(x, self.W, self.mask, auto)         # no rerun
+        auto = SparseProduct.apply(x, self.W, self.mask, auto)         # no rerun
         return x, bernoulli_log_prob(base + auto, x, self.clamp)
 
     @torch.no_grad()
