@@ -49,10 +49,12 @@ def _fix_tails(x_j, logit_j, tails_j):
         x_j[rows] = (logit_j[rows].double() > t).to(x_j.dtype)
 
 
-# the share of nonzero inputs up to which a DARN's autoregressive term x (W * M) and its
-# weight gradient run as compiled loops over the nonzeros instead of masked GEMMs: MNIST's
-# pixels (13% on) at batch 25, 0.57 -> 0.14 ms for the term and 0.42 -> 0.13 ms for the
-# gradient; 200 latent units at 17% x2 faster, at 50% x0.7-0.9 (one thread)
+# the share of nonzero inputs up to which a DARN's products with binary inputs (its
+# autoregressive term x (W * M), and y U where y is the data or the dreams) and their
+# weight gradients run as compiled loops over the nonzeros instead of (masked) GEMMs:
+# MNIST's pixels (13% on) at batch 25, 0.57 -> 0.14 ms for the term and 0.42 -> 0.13 ms
+# for the gradient; 200 latent units at 17% x2 faster, at 50% x0.7-0.9 (one thread; the
+# same x every call, so on fresh data the gains are smaller: benchmarks/NOTES.md)
 SPARSE_SHARE = 0.25
 
 
