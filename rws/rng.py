@@ -14,6 +14,8 @@ samplers decide those again (``layers.bernoulli.exact_tails``, ``tail_thresholds
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -21,18 +23,20 @@ FAST_MIN = 1 << 14      # below this many numbers, seeding costs more than it sa
 _MASK = (1 << 24) - 1
 _SCALE = 2.0 ** -24
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+_CPU = torch.device("cpu")
 
 
 def uniform(shape, generator: torch.Generator | None = None, device=None,
             dtype=torch.float32) -> torch.Tensor:
     """U[0, 1) numbers of ``shape`` from ``generator`` (None: torch's default)."""
     shape = tuple(shape)
-    n = int(np.prod(shape, dtype=np.int64))
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    n = math.prod(shape)
+    device = _CPU if device is None else torch.device(device)
     if device.type != "cpu" or n < FAST_MIN or dtype not in (torch.float32, torch.float64):
         u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
-        # on the lattice (float32 draws on a CPU already are; float64 ones and other
-        # devices' are not), which ``layers.bernoulli.exact_tails`` relies on
+        if device.type == "cpu":     # torch's CPU float32 draws are k / 2^24 already
+            return u.to(dtype)
+        # other devices' onto the lattice, which ``layers.bernoulli.exact_tails`` relies on
         return u.mul_(2.0 ** 24).floor_().clamp_(max=_MASK).mul_(_SCALE).to(dtype)
     seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64))
     raw = np.random.SFC64(seed).random_raw((n + 1) // 2)          # [ceil(n/2)] uint64

@@ -140,6 +140,16 @@ def test_fast_uniforms_are_uniform_on_the_float32_lattice():
     assert abs(torch.corrcoef(torch.stack([v[:-1], v[1:]]))[0, 1]) < 5 / math.sqrt(v.numel())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_uniforms_are_torchs_draws_on_the_lattice(dtype):
+    """Below ``FAST_MIN`` numbers the uniforms are torch.rand's float32 draws as they are
+    (k / 2^24 on a CPU, which the tail refinement relies on), in the asked dtype."""
+    u = rng.uniform((20, 50), torch.Generator().manual_seed(3), dtype=dtype)
+    assert u.dtype == dtype and u.numel() < rng.FAST_MIN
+    assert torch.equal(u * 2 ** 24, (u * 2 ** 24).floor())
+    assert torch.equal(u, torch.rand((20, 50), generator=torch.Generator().manual_seed(3)).to(dtype))
+
+
 def test_fast_uniforms_follow_the_generator_state():
     a = rng.uniform((200, 200), torch.Generator().manual_seed(5))
     b = rng.uniform((200, 200), torch.Generator().manual_seed(5))
