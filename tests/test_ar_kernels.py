@@ -198,6 +198,25 @@ def test_tail_thresholds_draw_the_true_probability_within_the_end_cells(logit):
     assert abs(freq - s) <= 5 * (s * (1 - s) / m) ** 0.5
 
 
+@pytest.mark.parametrize("logit, k", [(-40.0, 83), (-40.0, 84), (40.0, 2**24 - 1595),
+                                      (40.0, 2**24 - 1594), (40.0, 2**24 - 1593)])
+def test_clamped_tail_thresholds_draw_the_clamped_probability_within_the_end_cells(logit, k):
+    """The original code's clamped p = 0.9999 sigmoid(a) + 5e-6 lies in [5e-6, 1 - 9.5e-5]:
+    given u in cell k near either end, the draw is 1 with probability clip(p 2^24 - k, 0, 1).
+    The cells chosen hold or border the clamp's ends (5e-6 2^24 = 83.9, 9.5e-5 2^24 =
+    1593.8), where the high end's threshold once used 5e-6 instead of 9.5e-5 and drew
+    saturated units on in cells where p says off."""
+    m = 200_000
+    u = torch.full((1, m), k * 2.0 ** -24)
+    idx, t = layers.bernoulli.tail_thresholds(u, torch.Generator().manual_seed(k), clamp=True)
+    assert idx.shape[0] == m
+    x = (logit > t).double()
+    p = 0.9999 * torch.sigmoid(torch.tensor(logit, dtype=torch.float64)).item() + 5e-6
+    want = min(max(p * 2 ** 24 - k, 0.0), 1.0)
+    freq = x.mean().item()
+    assert abs(freq - want) <= 5 * (want * (1 - want) / m) ** 0.5 + 1e-12, (freq, want)
+
+
 def test_float32_sigmoid_is_within_float32_rounding_of_the_definition():
     """The kernels' vectorising float32 sigmoid (``_sigmoid32``: exp(-a) = 2^n e^f, e^f
     by a degree-5 polynomial) within 3e-7 absolute everywhere, and relative to it

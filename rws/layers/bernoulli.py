@@ -90,6 +90,9 @@ def bernoulli_draw(p: torch.Tensor, generator: torch.Generator | None,
                        None if logits is None else logits.detach())
 
 
+_CLAMP_TOP = 1 - 0.9999 - 5e-6      # 1 - the clamped sigmoid's largest value, 9.5e-5
+
+
 def tail_thresholds(u: torch.Tensor, generator, clamp: bool = False):
     """(flat indices [m], logit thresholds [m] float64) of the draws of u (k / 2^24) near
     0 or 1, for samplers that decide x = [a > t] unit by unit (the autoregressive
@@ -100,8 +103,10 @@ def tail_thresholds(u: torch.Tensor, generator, clamp: bool = False):
         log = torch.log
     else:                      # (NumPy: a few operations on a few numbers, as tail_uniforms)
         lo, hi, log = lo.numpy(), hi.numpy(), np.log
-    if clamp:
-        lo, hi = (lo - 5e-6) / 0.9999, (hi - 5e-6) / 0.9999
+    if clamp:     # u' < 0.9999 s + 5e-6 <=> s > s' = (u' - 5e-6) / 0.9999, and
+        # 1 - s' = ((1 - u') - 9.5e-5) / 0.9999 (it had 5e-6 too: the draws with
+        # 1 - u' in (5e-6, 9.5e-5) turned saturated units on where p says off)
+        lo, hi = (lo - 5e-6) / 0.9999, (hi - _CLAMP_TOP) / 0.9999
     with np.errstate(divide="ignore"):                        # -inf: always, +inf: never
         t = log(lo.clip(min=0)) - log(hi.clip(min=0))
     return idx, torch.as_tensor(t)
