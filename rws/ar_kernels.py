@@ -26,8 +26,8 @@ torch's thread count does not apply to them).
 
     forward(x, b, c, W, VT) -> s                      the logits  [R, D]
     backward(x, c, W, VT, g) -> (dc, dW, dVT)          with g = dL/ds
-    sample(b, c, W, VT, uT, clamp, tails) -> (x, s)    x_i = [u_i < p(x_i = 1 | x_<i)]
-    darn_sample(base, W, uT, clamp, tails) -> (x, auto)   DARN: auto = x (W * M), its log_prob's GEMM
+    sample(b, c, W, VT, uT, clamp, tail_v) -> (x, s)    x_i = [u_i < p(x_i = 1 | x_<i)]
+    darn_sample(base, W, uT, clamp, tail_v) -> (x, auto)   DARN: auto = x (W * M), its log_prob's GEMM
     sparse_product(x, W, tri) -> x W or x (W * M)    products with binary inputs (data,
     sparse_weight_grad(x, G, tri) -> x^T G or (x^T G) * M     dreams; DARN's own units),
                                                              from the nonzero x only
@@ -385,25 +385,60 @@ def _sigmoid_rows(x, anchored: bool) -> int:
     return R * (1 + int(at_anchor.sum())) + np.count_nonzero(x[:, :-1][:, ~at_anchor])
 
 
-def draw_thresholds(uT, clamp: bool, tails=None):
+def draw_thresholds(uT, clamp: bool, tail_v=None):
     """The logit thresholds t of uniforms u: [u < p] = [a > t] for p = sigmoid(a),
     t = log(u / (1 - u)); for the clamped p = 0.9999 sigmoid(a) + 5e-6 (the original
     code's), t = logit((u - 5e-6) / 0.9999), -inf below 0 (always drawn) and +inf
     above 1 (never). One vectorised logarithm per draw here spares the kernels a
     scalar exponential per draw inside their loops over units: a DARN's sampler,
-    25 x 784 MNIST pixels, took half the time. ``tails``: (flat indices, thresholds)
-    that replace those of the draws near 0 and 1 (``layers.bernoulli.tail_thresholds``
-    of ``rng.tail_uniforms``: the lattice alone turns every unit on at u = 0)."""
+    25 x 784 MNIST pixels, took half the time. ``tail_v``: m -> m float64 uniforms V
+    for the m draws within ``rng.TAIL_CELLS`` cells of 0 or 1 (in flat order), whose
+    thresholds are taken again from u' = (k + V) / 2^24 as
+    ``layers.bernoulli.tail_thresholds`` takes them (the lattice alone turns every unit
+    on at u = 0); a compiled search and refinement, a third of the NumPy operations'
+    time on these few draws."""
     f = uT.dtype.type
     u = np.clip((uT - f(5e-6)) / f(0.9999), f(0), f(1)) if clamp else uT
     with np.errstate(divide="ignore"):
         t = np.log(u / (1 - u))
-    if tails is not None:                       # (flat indices, their thresholds)
-        idx, t_tail = tails
-        t.reshape(-1)[idx] = t_tail
+    if tail_v is not None:
+        flat = np.ascontiguousarray(uT).reshape(-1)
+        idx = np.empty(flat.size, np.int64)
+        tail = f(TAIL_CELLS * 2.0 ** -24)
+        m = _tail_search(flat, tail, f(1) - tail, idx)
+        _tail_refine(t.reshape(-1), flat, idx[:m], tail_v(m), clamp)
     if on_work is not None:
         _count(0, t.size)
     return t
+
+
+def _tail_search(u, lo, hi, idx):
+    """The flat indices of u [n] below lo or at or above hi into idx; returns how many."""
+    m = 0
+    for i in range(u.shape[0]):
+        if u[i] < lo or u[i] >= hi:           # (a branch almost never taken)
+            idx[m] = i
+            m += 1
+    return m
+
+
+def _tail_refine(t, u, idx, v, clamp):
+    """t[idx] = log(u' / (1 - u')) in float64 for u' = (k + v) / 2^24, k = u 2^24, or of
+    (u' - 5e-6) / 0.9999 clamped (``layers.bernoulli.tail_thresholds``)."""
+    for j in range(idx.shape[0]):
+        k = np.float64(u[idx[j]]) * 16777216.0
+        lo = (k + v[j]) * 5.9604644775390625e-08                  # u'     (2^-24)
+        hi = (16777216.0 - k - v[j]) * 5.9604644775390625e-08     # 1 - u'
+        if clamp:
+            lo, hi = (lo - 5e-6) / 0.9999, (hi - _CLAMP_TOP) / 0.9999
+        t[idx[j]] = np.log(max(lo, 0.0)) - np.log(max(hi, 0.0))   # -inf: always, +inf: never
+
+
+TAIL_CELLS = 1 << 14          # rng.TAIL_CELLS (this module imports neither torch nor rws)
+_CLAMP_TOP = 1 - 0.9999 - 5e-6
+if numba is not None:         # IEEE arithmetic (no fastmath): infinities are meant here
+    _tail_search = numba.njit(cache=True, nogil=True)(_tail_search)
+    _tail_refine = numba.njit(cache=True, nogil=True, error_model="numpy")(_tail_refine)
 
 
 def forward(x, b, c, W, VT):
@@ -426,21 +461,21 @@ def backward(x, c, W, VT, g):
     return dc, dW, dVT
 
 
-def sample(b, c, W, VT, uT, clamp: bool, tails=None):
+def sample(b, c, W, VT, uT, clamp: bool, tail_v=None):
     x, s = np.empty_like(b), np.empty_like(b)
-    _for(b.dtype)[0](b, c, W, VT, draw_thresholds(uT, clamp, tails), True, x, s)
+    _for(b.dtype)[0](b, c, W, VT, draw_thresholds(uT, clamp, tail_v), True, x, s)
     if on_work is not None:
         R, D, H = *b.shape, c.shape[1]
         _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
     return x, s
 
 
-def darn_sample(base, W, uT, clamp: bool, tails=None):
+def darn_sample(base, W, uT, clamp: bool, tail_v=None):
     """A DARN's draws x_j = [u_j < sigmoid(base_j + auto_j)] unit by unit, and their
     autoregressive terms auto_j = sum_{i<j} x_i W[i, j] (base = b + y U: [R, D];
     W [D, D], input i to output j): (x, auto)."""
     x, auto = np.empty_like(base), np.empty_like(base)
-    _for(base.dtype)[1](base, W, draw_thresholds(uT, clamp, tails), x, auto)
+    _for(base.dtype)[1](base, W, draw_thresholds(uT, clamp, tail_v), x, auto)
     if on_work is not None:        # its pushes: x (W * M) over the draws that are on
         _count(_sparse_flops(x, x.shape[1], True), 0)
     return x, auto

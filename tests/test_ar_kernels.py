@@ -120,6 +120,32 @@ def test_draw_thresholds_decide_as_the_probabilities_do(dtype, clamp):
     assert (got == want).mean() > 0.99
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("clamp", [False, True])
+def test_compiled_tail_thresholds_are_tail_thresholds(dtype, clamp):
+    """``draw_thresholds`` with ``tail_v`` (a compiled search and refinement) against its
+    definition in NumPy and torch: the plain thresholds with the draws near 0 and 1
+    replaced by ``layers.bernoulli.tail_thresholds``' (rounded to the thresholds'
+    dtype), on uniforms with many tail draws (every cell at both ends), the generator
+    left in the same state."""
+    pytest.importorskip("numba")
+    from rws import rng
+    from rws.ar_kernels import draw_thresholds
+    from rws.layers.autoregressive import _tail_v
+    g = torch.Generator().manual_seed(0)
+    u = rng.uniform((300, 40), g, dtype=dtype)
+    ends = torch.cat([torch.arange(300.0), 2 ** 24 - 1 - torch.arange(300.0)]) * 2.0 ** -24
+    u[:, :2] = ends.view(2, 300).t().to(dtype)                      # 600 tail draws and more
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    got = draw_thresholds(u.numpy(), clamp, _tail_v(g1))
+    want = draw_thresholds(u.numpy(), clamp)
+    idx, t_tail = layers.bernoulli.tail_thresholds(u, g2, clamp)
+    assert idx.shape[0] >= 600
+    want.reshape(-1)[idx.numpy()] = t_tail.numpy()
+    np.testing.assert_array_equal(got, want)
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+
+
 FAMILIES = {"nade": (lambda: layers.NADETop(N_X, hidden=3), lambda: layers.NADE(N_X, N_Y, hidden=3)),
             "darn": (lambda: layers.DARNTop(N_X), lambda: layers.DARN(N_X, N_Y))}
 

@@ -23,12 +23,10 @@ def _arrays(*tensors):
     return [t.detach().contiguous().numpy() for t in tensors]
 
 
-def _tails(u, generator, clamp):
-    """The draws of the uniforms u [n_x, R] (unit-major) near 0 or 1 and their exact logit
-    thresholds (``tail_thresholds``), as numpy arrays (flat indices, thresholds) for the
-    compiled samplers."""
-    idx, t = tail_thresholds(u, generator, clamp)
-    return idx.cpu().numpy(), t.cpu().numpy()
+def _tail_v(generator):
+    """m -> m float64 uniforms from ``generator``, drawn as ``rng.tail_uniforms`` draws
+    them, for the compiled samplers' tail draws (``ar_kernels.draw_thresholds``)."""
+    return lambda m: torch.rand(m, generator=generator, dtype=torch.float64).numpy()
 
 
 def _unit_tails(u, generator, clamp):
@@ -176,7 +174,7 @@ class DARN(nn.Module):
         u = rng.uniform((self.n_x, base.shape[0]), generator, base.device, base.dtype)
         if _use_kernels(self.W):                                # unit j: u[j]
             x, auto = ar_kernels.darn_sample(*_arrays(base, self.W, u), self.clamp,
-                                             _tails(u, generator, self.clamp))
+                                             _tail_v(generator))
             return torch.from_numpy(x), torch.from_numpy(auto)
         per_unit = _unit_tails(u, generator, self.clamp)
         accT = base.t().contiguous()                   # running logits [n_x, R]
@@ -311,7 +309,7 @@ class NADE(nn.Module):
                 u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)
                 x, s = map(torch.from_numpy, ar_kernels.sample(
                     *_arrays(b, c, self.W, self.V.t(), u), self.clamp,
-                    _tails(u, generator, self.clamp)))
+                    _tail_v(generator)))
             if not score:
                 return x, None
             logits = NADELogits.apply(x, b, c, self.W, self.V, s)      # s: no rerun
