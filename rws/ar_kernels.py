@@ -54,6 +54,8 @@ import os
 
 import numpy as np
 
+from rws import rng
+
 try:
     import numba
 except ImportError:            # the torch loops in rws.layers serve instead
@@ -404,16 +406,17 @@ def draw_thresholds(uT, clamp: bool, tail_v=None):
     if tail_v is not None:
         flat = np.ascontiguousarray(uT).reshape(-1)
         idx = np.empty(flat.size, np.int64)
-        tail = f(TAIL_CELLS * 2.0 ** -24)
-        m = _tail_search(flat, tail, f(1) - tail, idx)
+        tail = f(rng.TAIL_CELLS * 2.0 ** -24)
+        m = tail_search(flat, tail, f(1) - tail, idx)
         _tail_refine(t.reshape(-1), flat, idx[:m], tail_v(m), clamp)
     if on_work is not None:
         _count(0, t.size)
     return t
 
 
-def _tail_search(u, lo, hi, idx):
-    """The flat indices of u [n] below lo or at or above hi into idx; returns how many."""
+def tail_search(u, lo, hi, idx):
+    """The flat indices of u [n] below lo or at or above hi into idx (in order); returns
+    how many (the draws near the lattice's ends, ``rng.tail_uniforms``' search)."""
     m = 0
     for i in range(u.shape[0]):
         if u[i] < lo or u[i] >= hi:           # (a branch almost never taken)
@@ -422,22 +425,27 @@ def _tail_search(u, lo, hi, idx):
     return m
 
 
+def tail_uniform(u, v):
+    """(u', 1 - u') in float64 for the lattice value u = k / 2^24 and V = v:
+    u' = (k + v) / 2^24, as ``rng.tail_uniforms`` computes them."""
+    k = np.float64(u) * 16777216.0
+    return (k + v) * 5.9604644775390625e-08, (16777216.0 - k - v) * 5.9604644775390625e-08
+
+
 def _tail_refine(t, u, idx, v, clamp):
-    """t[idx] = log(u' / (1 - u')) in float64 for u' = (k + v) / 2^24, k = u 2^24, or of
+    """t[idx] = log(u' / (1 - u')) in float64 of ``tail_uniform``, or of
     (u' - 5e-6) / 0.9999 clamped (``layers.bernoulli.tail_thresholds``)."""
     for j in range(idx.shape[0]):
-        k = np.float64(u[idx[j]]) * 16777216.0
-        lo = (k + v[j]) * 5.9604644775390625e-08                  # u'     (2^-24)
-        hi = (16777216.0 - k - v[j]) * 5.9604644775390625e-08     # 1 - u'
+        lo, hi = tail_uniform(u[idx[j]], v[j])
         if clamp:
-            lo, hi = (lo - 5e-6) / 0.9999, (hi - _CLAMP_TOP) / 0.9999
+            lo, hi = (lo - 5e-6) / 0.9999, (hi - CLAMP_TOP) / 0.9999
         t[idx[j]] = np.log(max(lo, 0.0)) - np.log(max(hi, 0.0))   # -inf: always, +inf: never
 
 
-TAIL_CELLS = 1 << 14          # rng.TAIL_CELLS (this module imports neither torch nor rws)
-_CLAMP_TOP = 1 - 0.9999 - 5e-6
-if numba is not None:         # IEEE arithmetic (no fastmath): infinities are meant here
-    _tail_search = numba.njit(cache=True, nogil=True)(_tail_search)
+CLAMP_TOP = 1 - 0.9999 - 5e-6     # 1 - the clamped sigmoid's largest value, 9.5e-5
+if numba is not None:             # IEEE arithmetic (no fastmath): infinities are meant here
+    tail_search = numba.njit(cache=True, nogil=True)(tail_search)
+    tail_uniform = numba.njit(cache=True, inline="always")(tail_uniform)
     _tail_refine = numba.njit(cache=True, nogil=True, error_model="numpy")(_tail_refine)
 
 

@@ -12,12 +12,12 @@ in float64 from the logits a where given, else from p (``layers.bernoulli.exact_
 In torch that is a comparison, a search for the tail draws and a dozen operations on the
 few (about 0.2%) it finds: about 0.13 ms a call whatever the size, three calls in an
 SBN's RWS step (the dreams' two layers and Q's proposals), a large share of a step at
-batch 25. Here ``draw`` makes one pass over u that writes x and lists the tail draws,
-then one loop over those; V is drawn from the generator exactly as ``rng.tail_uniforms``
-draws it, so both paths consume the same random numbers and give the same x. (The
-float64 sigmoid is the library exponential here and torch's vectorised one there; they
-may differ in the last bit, which changes a draw only if u' falls within 1e-16 of its
-probability.)
+batch 25. Here ``draw`` makes one pass over u that writes x, one that lists the tail
+draws (``ar_kernels.tail_search``), then one loop over those; V is drawn from the
+generator exactly as ``rng.tail_uniforms`` draws it, so both paths consume the same
+random numbers and give the same x. (The float64 sigmoid is the library exponential
+here and torch's vectorised one there; they may differ in the last bit, which changes a
+draw only if u' falls within 1e-16 of its probability.)
 
 Shapes: u and x [A, n, R]; p and the logits [A, 1, R] (one row per n draws) or [A, n, R].
 ``available()`` is ``ar_kernels.available()``: without numba, on other devices and with
@@ -34,46 +34,38 @@ numba = ar_kernels.numba
 available = ar_kernels.available
 
 
-def _draw(u, p, x, idx, lo, hi):
-    """x = [u < p] over u [A, n, R], p [A, 1 or n, R]; the flat indices of the draws with
-    u < lo or u >= hi into idx, in order. Returns how many there are."""
+def _compare(u, p, x):
+    """x = [u < p] over u [A, n, R], p [A, 1 or n, R]."""
     A, n, R = u.shape
     per_draw = p.shape[1] != 1
-    m = 0
     for a in range(A):
         for j in range(n):
             jp = j if per_draw else 0
             for r in range(R):
                 x[a, j, r] = u[a, j, r] < p[a, jp, r]
-            for r in range(R):                     # (a branch almost never taken)
-                if u[a, j, r] < lo or u[a, j, r] >= hi:
-                    idx[m] = (a * n + j) * R + r
-                    m += 1
-    return m
 
 
 def _refine(u, c, x, idx, v, from_logits):
-    """Decide the tail draws idx [m] again with u' = (k + v) / 2^24 (module docstring):
-    c [A, 1 or n, R] holds the logits (from_logits) or the probabilities."""
+    """Decide the flat draws idx [m] again with u' of ``ar_kernels.tail_uniform``
+    (module docstring): c [A, 1 or n, R] holds the logits (from_logits) or p."""
     A, n, R = u.shape
     per_draw = c.shape[1] != 1
     for t in range(idx.shape[0]):
         f = idx[t]
         a, j, r = f // (n * R), (f // R) % n, f % R
-        k = np.float64(u[a, j, r]) * 16777216.0
-        lo_u = (k + v[t]) * 5.9604644775390625e-08            # u' (2^-24: exact scaling)
-        hi_u = (16777216.0 - k - v[t]) * 5.9604644775390625e-08   # 1 - u'
+        lo, hi = tail_uniform(u[a, j, r], v[t])                 # u', 1 - u'
         cc = np.float64(c[a, j if per_draw else 0, r])
         if from_logits:
-            on = lo_u < 1.0 / (1.0 + np.exp(-cc)) if lo_u < 0.5 else hi_u > 1.0 / (1.0 + np.exp(cc))
+            on = lo < 1.0 / (1.0 + np.exp(-cc)) if lo < 0.5 else hi > 1.0 / (1.0 + np.exp(cc))
         else:
-            on = lo_u < cc if lo_u < 0.5 else hi_u > 1.0 - cc
+            on = lo < cc if lo < 0.5 else hi > 1.0 - cc
         x[a, j, r] = 1.0 if on else 0.0
 
 
+tail_uniform = ar_kernels.tail_uniform
 if numba is not None:
     # no fastmath: the comparisons and the float64 arithmetic are IEEE, as in torch
-    _draw = numba.njit(cache=True, nogil=True)(_draw)
+    _compare = numba.njit(cache=True, nogil=True)(_compare)
     _refine = numba.njit(cache=True, nogil=True)(_refine)
 
 
@@ -107,9 +99,10 @@ def draw(u: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None,
         return None
     u3 = u.numpy().reshape(shape3)
     x = np.empty_like(u3)
+    _compare(u3, pp, x)
     idx = np.empty(u3.size, np.int64)
-    tail = np.array(rng.TAIL_CELLS * 2.0 ** -24, u3.dtype)
-    m = _draw(u3, pp, x, idx, tail, 1 - tail)
+    tail = u3.dtype.type(rng.TAIL_CELLS * 2.0 ** -24)
+    m = ar_kernels.tail_search(u3.reshape(-1), tail, 1 - tail, idx)
     # V as rng.tail_uniforms draws it, so both paths consume the same numbers
     v = torch.rand(m, generator=generator, dtype=torch.float64).numpy()
     _refine(u3, c, x, idx[:m], v, logits is not None)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rws import bernoulli_kernel, rng
+from rws import ar_kernels, bernoulli_kernel, rng
 
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
@@ -90,9 +90,6 @@ def bernoulli_draw(p: torch.Tensor, generator: torch.Generator | None,
                        None if logits is None else logits.detach())
 
 
-_CLAMP_TOP = 1 - 0.9999 - 5e-6      # 1 - the clamped sigmoid's largest value, 9.5e-5
-
-
 def tail_thresholds(u: torch.Tensor, generator, clamp: bool = False):
     """(flat indices [m], logit thresholds [m] float64) of the draws of u (k / 2^24) near
     0 or 1, for samplers that decide x = [a > t] unit by unit (the autoregressive
@@ -106,7 +103,7 @@ def tail_thresholds(u: torch.Tensor, generator, clamp: bool = False):
     if clamp:     # u' < 0.9999 s + 5e-6 <=> s > s' = (u' - 5e-6) / 0.9999, and
         # 1 - s' = ((1 - u') - 9.5e-5) / 0.9999 (it had 5e-6 too: the draws with
         # 1 - u' in (5e-6, 9.5e-5) turned saturated units on where p says off)
-        lo, hi = (lo - 5e-6) / 0.9999, (hi - _CLAMP_TOP) / 0.9999
+        lo, hi = (lo - 5e-6) / 0.9999, (hi - ar_kernels.CLAMP_TOP) / 0.9999
     with np.errstate(divide="ignore"):                        # -inf: always, +inf: never
         t = log(lo.clip(min=0)) - log(hi.clip(min=0))
     return idx, torch.as_tensor(t)
