@@ -5,7 +5,8 @@ torch's CPU generator (mt19937) fills a float tensor one number at a time, at ab
 of an evaluation. For large CPU requests ``uniform`` instead draws a 64-bit seed from
 the torch generator (so the torch generator still holds the whole random state, and
 checkpoints resume bit for bit) and fills the tensor from NumPy's SFC64 raw output,
-two 24-bit uniforms per 64-bit word, at well under 1 ns a number.
+two 24-bit uniforms per 64-bit word, at well under 1 ns a number (where numba is
+installed, from the same stream compiled, ``rws.sfc64``: no NumPy objects a call).
 
 The values are k / 2^24 for k uniform on {0, ..., 2^24 - 1} on every path (the same
 lattice as ``torch.rand`` in float32 on a CPU), so P(u < p) = ceil(p 2^24) / 2^24:
@@ -15,9 +16,12 @@ samplers decide those again (``layers.bernoulli.exact_tails``, ``tail_thresholds
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
+
+from rws import sfc64
 
 FAST_MIN = 1 << 14      # below this many numbers, seeding costs more than it saves
 _MASK = (1 << 24) - 1
@@ -39,6 +43,10 @@ def uniform(shape, generator: torch.Generator | None = None, device=None,
         # other devices' onto the lattice, which ``layers.bernoulli.exact_tails`` relies on
         return u.mul_(2.0 ** 24).floor_().clamp_(max=_MASK).mul_(_SCALE).to(dtype)
     seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64))
+    if sfc64.numba is not None and os.environ.get("RWS_NUMBA", "1") != "0":
+        u = np.empty(n, _NUMPY[dtype])               # the same numbers, compiled (rws.sfc64)
+        sfc64.lattice_uniforms(seed, u)
+        return torch.from_numpy(u).view(shape)
     raw = np.random.SFC64(seed).random_raw((n + 1) // 2)          # [ceil(n/2)] uint64
     bits = raw.view(np.int32)[:n]                                 # [n] int32, 32 random bits
     # k = bits & (2^24 - 1), then k / 2^24 (both exact), in NumPy: on these tensors of

@@ -4,6 +4,7 @@ weight gradients stay far inside the estimator's own noise."""
 import math
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,6 +149,31 @@ def test_small_uniforms_are_torchs_draws_on_the_lattice(dtype):
     assert u.dtype == dtype and u.numel() < rng.FAST_MIN
     assert torch.equal(u * 2 ** 24, (u * 2 ** 24).floor())
     assert torch.equal(u, torch.rand((20, 50), generator=torch.Generator().manual_seed(3)).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1, 2**32 - 1, 2**32, 123456789012345678, 2**62 - 1])
+def test_compiled_sfc64_gives_numpys_numbers(monkeypatch, dtype, seed):
+    """``rws.sfc64`` against NumPy's SeedSequence, SFC64 and lattice conversion, bit for
+    bit: the seeding state for seeds of one and two 32-bit words, and rng.uniform's
+    numbers for even and odd lengths, with the compiled path on and off."""
+    from rws import sfc64
+    if sfc64.numba is None:
+        pytest.skip("numba is not installed")
+    want = np.random.SeedSequence(seed).generate_state(3, np.uint64)
+    assert (sfc64.seed_state(seed) == want).all()
+    for n in (1, 2, 7, rng.FAST_MIN + 1):
+        u = np.empty(n, {torch.float32: np.float32, torch.float64: np.float64}[dtype])
+        sfc64.lattice_uniforms(seed, u)
+        raw = np.random.SFC64(seed).random_raw((n + 1) // 2).view(np.int32)[:n]
+        assert (u == (raw & (2 ** 24 - 1)) * 2.0 ** -24).all(), n
+    draws = {}
+    for numba in ("1", "0"):
+        monkeypatch.setenv("RWS_NUMBA", numba)
+        g = torch.Generator().manual_seed(seed % 2**63)
+        draws[numba] = (rng.uniform((3, rng.FAST_MIN // 3 + 1), g, dtype=dtype),
+                        torch.rand(2, generator=g))
+    assert all(torch.equal(a, b) for a, b in zip(draws["1"], draws["0"]))
 
 
 def test_fast_uniforms_follow_the_generator_state():
