@@ -86,18 +86,18 @@ def draw(u: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None,
     if u.numel() == 0:
         return None
     if u.dim() >= 2 and p.shape[0] == shape[0] and p.dim() == u.dim() and p.shape[1] == 1:
-        shape3 = (shape[0], shape[1], u.numel() // max(shape[0] * shape[1], 1))
+        shape3 = (shape[0], shape[1], u.numel() // (shape[0] * shape[1]))
     elif p.shape == shape:
         shape3 = (1, 1, u.numel())
     else:
         return None
     if logits is not None and logits.shape != p.shape:
         return None
-    c = _as3(p if logits is None else logits, shape3)
-    pp = _as3(p, shape3)
-    if c is None or pp is None or pp.dtype != u.numpy().dtype:
-        return None
     u3 = u.numpy().reshape(shape3)
+    pp = _as3(p, shape3)
+    c = pp if logits is None else _as3(logits, shape3)
+    if c is None or pp is None or pp.dtype != u3.dtype:
+        return None
     x = np.empty_like(u3)
     _compare(u3, pp, x)
     idx = np.empty(u3.size, np.int64)
