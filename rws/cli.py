@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 import traceback
 import warnings
 from pathlib import Path
 
-from rws import allocator
+from rws import allocator, stop
 from rws.errors import UserError
 
 
@@ -533,25 +532,12 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return _python_warning(message, category, filename, lineno, line)
 
 
-def _stop_as_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _interruptible() -> None:
-    """SIGTERM (``kill``) and SIGINT stop a command as Ctrl-C does: the evaluation saves
-    its progress, and the command says how to resume. (A command started with ``&`` from
-    a script inherits SIGINT ignored; this undoes that.) Not for sweeps, whose pool
-    would wait for its running cells."""
-    signal.signal(signal.SIGTERM, _stop_as_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     allocator.retain_freed_memory()
     warnings.formatwarning = _one_line_warning
-    if args.command in ("train", "eval"):
-        _interruptible()
+    if args.command in ("train", "eval"):     # not sweeps: their pool waits for its cells
+        stop.install()
     try:
         COMMANDS[args.command](args)
     except UserError as e:

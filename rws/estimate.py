@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from rws import allocator, int8
+from rws import allocator, int8, stop
 from rws.layers.bernoulli import SAMPLER
 
 
@@ -142,6 +142,7 @@ def log_likelihood(model, data: torch.Tensor, K: int, *, generator=None, rows: i
                 x = data[start:start + points].to(device=device, dtype=torch.float32)
                 acc = StreamingLogMeanExp(x.shape[0], device)
                 for s in range(0, K, chunk):
+                    stop.check()                # a kill that numba's compiler swallowed
                     acc.add(model.log_weights(x, min(chunk, K - s), generator))
                 per_point[start:start + x.shape[0]] = acc.log_mean().cpu()
                 ess[start:start + x.shape[0]] = acc.ess().cpu()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rws import allocator, bf16, estimate, methods, protocol, results, zoo
+from rws import allocator, bf16, estimate, methods, protocol, results, stop, zoo
 from rws import data as datasets
 from rws.errors import UserError
 from rws.optim import OPTIMIZERS, SUMMED_GRADIENT
@@ -367,6 +367,7 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         for i in bar:
+            stop.check()                        # a kill that numba's compiler swallowed
             x = self.train_x[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]].float()
             partial = x.shape[0] != cfg.batch_size and cfg.optimizer in SUMMED_GRADIENT
             if partial:      # the last, smaller minibatch: lr times its own size

@@ -267,6 +267,58 @@ def test_a_killed_eval_says_so_and_keeps_its_progress(run_dir, tmp_path):
     assert cut["per_point"] == whole["per_point"]
 
 
+SWALLOWED_KILL = """
+import ctypes, os, signal, sys, runpy
+from rws import estimate, train
+
+
+def kill_in_a_callback():
+    # SIGTERM handled inside a ctypes callback, as in numba's compiler: Python prints
+    # the KeyboardInterrupt as "Exception ignored" and carries on
+    def callback():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10 ** 6):                # the handler runs here
+            pass
+    ctypes.CFUNCTYPE(None)(callback)()
+
+
+def once(f):
+    def wrapped(*a, **k):
+        if not wrapped.done:
+            wrapped.done = True
+            kill_in_a_callback()
+        return f(*a, **k)
+    wrapped.done = False
+    return wrapped
+
+
+estimate.StreamingLogMeanExp.add = once(estimate.StreamingLogMeanExp.add)
+train.train_step = once(train.train_step)
+sys.argv = ["rws"] + sys.argv[1:]
+runpy.run_module("rws", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_a_kill_that_python_swallowed_still_stops_the_command(run_dir, tmp_path, command):
+    """A SIGTERM whose KeyboardInterrupt was raised, and ignored, inside a ctypes callback
+    (numba's compiler runs one) still stops `rws eval` and `rws train` at the next pass
+    or step, with the progress kept and the resume hint."""
+    if command == "eval":
+        args = ["eval", run_dir / "checkpoint.pt", "-K", "3000", "--no-progress",
+                "--threads", "1", "--json", tmp_path / "cut.json"]
+    else:
+        args = ["train", *TINY, "--out", tmp_path / "run"]
+    p = subprocess.run([sys.executable, "-c", SWALLOWED_KILL, *map(str, args)],
+                       capture_output=True, text=True, timeout=300)
+    assert "Exception ignored" in p.stderr and "KeyboardInterrupt" in p.stderr
+    assert p.returncode == 130 and "interrupted; run the same command again" in p.stderr
+    if command == "eval":
+        assert (tmp_path / "cut.partial.pt").exists() and not (tmp_path / "cut.json").exists()
+    else:                                       # stopped in its first step: no epoch done
+        assert not (tmp_path / "run" / "record.json").exists()
+
+
 def test_eval_shards_join_into_one_test_of_the_split(run_dir, tmp_path):
     """`rws eval --points A:B` evaluates a shard; the shard from 0 draws what the whole
     evaluation draws for its points, and `rws report` joins shards that cover the split
