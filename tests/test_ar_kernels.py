@@ -73,8 +73,10 @@ def test_sparse_kernels_match_the_products(dtype, density, n_out):
     assert torch.allclose(got, x @ masked, **TOL[dtype])
     got = torch.from_numpy(ar_kernels.sparse_weight_grad(x.numpy(), G.numpy(), M is not None))
     assert torch.allclose(got, want_dW, **TOL[dtype])
-    # the layer's dispatch: the kernels up to SPARSE_SHARE of x nonzero, GEMMs above
-    assert autoregressive._sparse(x, W) == (density <= autoregressive.SPARSE_SHARE)
+    # the layer's dispatch: the kernels up to SPARSE_SHARE of x nonzero, GEMMs above (and
+    # always with RWS_NUMBA=0)
+    assert autoregressive._sparse(x, W) == (ar_kernels.available()
+                                            and density <= autoregressive.SPARSE_SHARE)
     assert torch.allclose(autoregressive.sparse_product(x, W, M), x @ masked, **TOL[dtype])
     assert torch.allclose(autoregressive.sparse_weight_grad(x, G, M), want_dW, **TOL[dtype])
 
