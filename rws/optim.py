@@ -19,6 +19,7 @@ original code. Parameters without a gradient in a step keep their buffer unchang
 from __future__ import annotations
 
 import torch
+from torch.optim import optimizer as _optimizer
 
 
 class EMAMomentum(torch.optim.Optimizer):
@@ -113,7 +114,7 @@ class FusedAdam(torch.optim.Adam):
             or isinstance(group["lr"], torch.Tensor))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def _step(self, closure=None):
         if closure is not None:
             return super().step(closure)
         calls = []
@@ -133,6 +134,29 @@ class FusedAdam(torch.optim.Adam):
                                weight_decay=group["weight_decay"], eps=group["eps"],
                                maximize=False, grad_scale=None, found_inf=None)
         return None
+
+    _observed_step = torch.optim.Optimizer.profile_hook_step(_step)
+
+    def step(self, closure=None):
+        """The update. torch wraps every optimiser's ``step`` in a profiler scope and the
+        step hooks' calls; here that wrapper runs only where a profiler or a hook is there
+        to see it. Inside an RWS step on SBN 200 (K=5, batch 25, one thread) the wrapper
+        cost 40-55 us a call, 2% of the step."""
+        if (torch._C._autograd._profiler_enabled() or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _optimizer._global_optimizer_pre_hooks
+                or _optimizer._global_optimizer_post_hooks):
+            return self._observed_step(closure)
+        return self._step(closure)
+
+    step.hooked = True     # (torch's __init__ would wrap it again)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's, without its profiler scope where no profiler runs."""
+        if not set_to_none or torch._C._autograd._profiler_enabled():
+            return super().zero_grad(set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
 
 def _adam(groups):

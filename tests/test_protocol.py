@@ -119,6 +119,38 @@ def test_fused_adam_takes_torchs_steps_bit_for_bit_and_its_fast_path(monkeypatch
     assert torch_steps.count(FusedAdam) == 3
 
 
+def test_fused_adam_still_runs_step_hooks_and_shows_in_the_profiler():
+    """FusedAdam skips torch's step wrapper only where nothing would see it: instance and
+    global step hooks run in torch's order, the profiler sees the step's scope, and the
+    step is the same either way."""
+    from torch.optim.optimizer import (register_optimizer_step_post_hook,
+                                       register_optimizer_step_pre_hook)
+    theta, twin = (torch.nn.Parameter(torch.tensor([1.0, -3.0])) for _ in range(2))
+    opt, plain = FusedAdam([theta], lr=0.1), FusedAdam([twin], lr=0.1)
+    calls = []
+    handles = [opt.register_step_pre_hook(lambda o, a, k: calls.append("pre")),
+               opt.register_step_post_hook(lambda o, a, k: calls.append("post")),
+               register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global pre")),
+               register_optimizer_step_post_hook(lambda o, a, k: calls.append("global post"))]
+    try:
+        theta.grad = twin.grad = torch.tensor([0.5, 2.0])
+        opt.step()
+        assert calls == ["global pre", "pre", "post", "global post"]
+    finally:
+        for h in handles:
+            h.remove()
+    plain.step()                                    # no hooks: the unwrapped step
+    assert torch.equal(theta, twin)
+    with torch.profiler.profile() as prof:
+        plain.zero_grad()
+        twin.grad = torch.tensor([0.5, 2.0])
+        plain.step()
+    names = {e.name for e in prof.events()}
+    assert {"Optimizer.step#FusedAdam.step", "Optimizer.zero_grad#FusedAdam.zero_grad"} <= names
+    plain.zero_grad()
+    assert twin.grad is None and calls == ["global pre", "pre", "post", "global post"]
+
+
 def test_fused_adam_gives_loaded_moments_their_parameters_layout():
     """torch's fused kernel walks a parameter and its moments as flat memory: a moment
     saved from a contiguous parameter and loaded for a transposed one (NADE's V, stored
