@@ -3,7 +3,7 @@ the surrogate losses on the same samples, and against exact gradients by enumera
 import pytest
 import torch
 
-from rws import methods, sbn_gradients, zoo
+from rws import ar_kernels, methods, sbn_gradients, zoo
 from rws.methods import Method
 from rws.rws import normalized_weights
 from rws.train import OPTIMIZERS, train_step
@@ -65,7 +65,7 @@ def test_darn_closed_form_on_sparse_data_equals_autograd_of_the_masked_gemms(mon
     model = tiny_model(spec, n_data=30, seed=3, scale=0.7)
     m = methods.build("rws", model, 4)
     x = (torch.rand(12, 30, generator=torch.Generator().manual_seed(4)) < 0.1).float()
-    assert autoregressive._sparse(x, x)
+    assert autoregressive._sparse(x, x) == ar_kernels.available()
     closed, _ = grads_of(m, m.backward, x, 5, 0.7)
     monkeypatch.setattr(autoregressive, "_sparse", lambda x, other: False)
     auto, _ = grads_of(m, lambda *a: Method.backward(m, *a), x, 5, 0.7)
