@@ -87,7 +87,8 @@ class HelmholtzMachine(nn.Module):
         """Ancestral samples ("dreams") from P: [x [n, D], h_1 [n, n_1], ..., h_L]."""
         h, _ = self.p_layers[-1].sample(None, n, generator, score=False)
         hs = [h]
-        for layer in reversed(self.p_layers[:-1]):
+        # (a list: slicing a ModuleList builds a new Module, some 10 us)
+        for layer in reversed(list(self.p_layers)[:-1]):
             h, _ = layer.sample(h, 1, generator, score=False)
             hs.append(h)
         return hs[::-1]

@@ -173,7 +173,8 @@ def propose(model, x: torch.Tensor, K: int, generator, dreams: list | None = Non
         hs.append(h)
         q_probs.append(p)
     p_logits, log_p = [], []
-    for l, layer in enumerate(model.p_layers[:L]):
+    # (a list: slicing a ModuleList builds a new Module, some 10 us)
+    for l, layer in enumerate(list(model.p_layers)[:L]):
         y = hs[l + 1].reshape(B * K, -1)
         if isinstance(layer, DARN):      # h_l (W * M) once per point for the data (l = 0)
             a = layer.base_logits(y).view(B, K, -1).add_(_darn_auto(layer, hs[l]))
@@ -204,7 +205,7 @@ def add_wake_gradients(model, props: Proposals, p_weights: torch.Tensor,
     B, K = hs[1].shape[:2]
     # P: dL/da_l = alpha (sigmoid(a_l) - h_l), alpha = p_weights scale / B
     alpha = (p_weights * (scale / B))[..., None]                  # [B, K, 1]
-    for l, layer in enumerate(model.p_layers[:L]):
+    for l, layer in enumerate(list(model.p_layers)[:L]):
         G = torch.sigmoid(props.p_logits[l]).sub_(hs[l]).mul_(alpha)   # [B, K, n_l]
         y = hs[l + 1].reshape(B * K, -1)
         if isinstance(layer, DARN):      # the data, once per point: G summed over K
