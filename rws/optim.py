@@ -116,7 +116,7 @@ class FusedAdam(torch.optim.Adam):
     @torch.no_grad()
     def _step(self, closure=None):
         if closure is not None:
-            return super().step(closure)
+            return self._torch_step(closure)
         calls = []
         for index, group in enumerate(self.param_groups):
             grads = [p.grad for p in group["params"]]
@@ -124,7 +124,7 @@ class FusedAdam(torch.optim.Adam):
                 continue                     # (torch's step leaves such a group alone)
             buffers = self._group_buffers(index, group) if self._plain(group) else None
             if buffers is None or any(g is None for g in grads):
-                return super().step()
+                return self._torch_step()
             calls.append((group, grads, buffers))
         for group, grads, (exp_avgs, exp_avg_sqs, steps) in calls:
             beta1, beta2 = group["betas"]
@@ -134,6 +134,14 @@ class FusedAdam(torch.optim.Adam):
                                weight_decay=group["weight_decay"], eps=group["eps"],
                                maximize=False, grad_scale=None, found_inf=None)
         return None
+
+    def _torch_step(self, closure=None):
+        """torch's Adam step, without the hook wrapper that torch puts on ``Adam.step``
+        once any plain Adam exists: ``step`` below has run the hooks already."""
+        adam_step = torch.optim.Adam.step
+        if getattr(adam_step, "hooked", False):
+            adam_step = adam_step.__wrapped__
+        return adam_step(self, closure)
 
     _observed_step = torch.optim.Optimizer.profile_hook_step(_step)
 

@@ -121,10 +121,12 @@ def test_fused_adam_takes_torchs_steps_bit_for_bit_and_its_fast_path(monkeypatch
 
 def test_fused_adam_still_runs_step_hooks_and_shows_in_the_profiler():
     """FusedAdam skips torch's step wrapper only where nothing would see it: instance and
-    global step hooks run in torch's order, the profiler sees the step's scope, and the
-    step is the same either way."""
+    global step hooks run once, in torch's order (also on a first step, which falls back
+    to torch's Adam step, hooked itself once a plain Adam exists), the profiler sees the
+    step's scope, and the step is the same either way."""
     from torch.optim.optimizer import (register_optimizer_step_post_hook,
                                        register_optimizer_step_pre_hook)
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])   # torch hooks Adam.step too
     theta, twin = (torch.nn.Parameter(torch.tensor([1.0, -3.0])) for _ in range(2))
     opt, plain = FusedAdam([theta], lr=0.1), FusedAdam([twin], lr=0.1)
     calls = []
