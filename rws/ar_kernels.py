@@ -55,11 +55,7 @@ import os
 import numpy as np
 
 from rws import rng
-
-try:
-    import numba
-except ImportError:            # the torch loops in rws.layers serve instead
-    numba = None
+from rws.jit import numba      # None without numba: the torch loops in rws.layers serve
 
 _F = np.float32
 _ONE32 = _F(1.0)

@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    import numba
-except ImportError:              # rng.uniform keeps NumPy's path
-    numba = None
+from rws.jit import numba        # None without numba: rng.uniform keeps NumPy's path
 
 _U = np.uint64
 _M32, _M24 = _U(0xFFFFFFFF), _U(0xFFFFFF)
