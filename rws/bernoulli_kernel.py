@@ -1,4 +1,4 @@
-"""The Bernoulli sampler's comparison and its tail refinement as compiled CPU loops
+"""The Bernoulli sampler's uniforms, comparison and tail refinement as compiled CPU loops
 (numba): the same draws as ``layers.bernoulli.bernoulli_draw``'s torch operations.
 
 The sampler draws x = [u < p] with u = k / 2^24 on ``rng.uniform``'s lattice, then
@@ -15,20 +15,29 @@ SBN's RWS step (the dreams' two layers and Q's proposals), a large share of a st
 batch 25. Here ``draw`` makes one pass over u that writes x, one that lists the tail
 draws (``ar_kernels.tail_search``), then one loop over those; V is drawn from the
 generator exactly as ``rng.tail_uniforms`` draws it, so both paths consume the same
-random numbers and give the same x. (The float64 sigmoid is the library exponential
-here and torch's vectorised one there; they may differ in the last bit, which changes a
-draw only if u' falls within 1e-16 of its probability.)
+random numbers and give the same x. Where ``rng.uniform`` would take u from an SFC64
+stream (``rng.streamed``: 2^14 numbers or more), the stream's numbers are made inside
+the comparison loop, which lists the tail draws too (``_stream_compare``): u is never
+written out, and the three passes are one. Against the three passes (A/B in one
+process, one thread, the same draws): an SBN 200 RWS step x1.02-1.03 at batch 25 and
+x1.05-1.075 at batch 100, a K = 5,000 evaluation of SBN 200 x1.10 and of the deep SBN
+x1.04. (The float64 sigmoid is the library exponential here and torch's vectorised one
+there; they may differ in the last bit, which changes a draw only if u' falls within
+1e-16 of its probability.)
 
-Shapes: u and x [A, n, R]; p and the logits [A, 1, R] (one row per n draws) or [A, n, R].
+Shapes: u and x [A, n, R]; p and the logits [A, 1, R] (one row per n draws) or [A, n, R];
+``draw`` takes the draws' shape and returns x in it.
 ``available()`` is ``ar_kernels.available()``: without numba, on other devices and with
 RWS_NUMBA=0 the torch operations serve.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from rws import ar_kernels, rng
+from rws import ar_kernels, rng, sfc64
 
 numba = ar_kernels.numba
 available = ar_kernels.available
@@ -45,15 +54,47 @@ def _compare(u, p, x):
                 x[a, j, r] = u[a, j, r] < p[a, jp, r]
 
 
-def _refine(u, c, x, idx, v, from_logits):
-    """Decide the flat draws idx [m] again with u' of ``ar_kernels.tail_uniform``
-    (module docstring): c [A, 1 or n, R] holds the logits (from_logits) or p."""
-    A, n, R = u.shape
+def _stream_compare(seed, p, x, idx, ut):
+    """x = [u < p] over x [A, n, R], p [A, 1 or n, R], for u the SFC64 stream of
+    ``seed`` that ``rng.uniform`` would return (two lattice values a word, in flat
+    order), made and used in the same loop; the tail draws' flat indices go to idx and
+    their u to ut, in order. Returns their count."""
+    A, n, R = x.shape
+    per_draw = p.shape[1] != 1
+    scale = x.dtype.type(2.0 ** -24)
+    lo, hi = np.int32(rng.TAIL_CELLS), np.int32((1 << 24) - rng.TAIL_CELLS)
+    a, b, c, w = sfc64.start(seed)
+    k1 = np.int32(0)
+    f = m = 0
+    for i in range(A):
+        for j in range(n):
+            jp = j if per_draw else 0
+            for r in range(R):
+                if f % 2 == 0:                   # a word gives the next two values
+                    word, a, b, c, w = sfc64.next_word(a, b, c, w)
+                    k, k1 = sfc64.lattice_k(word)
+                else:
+                    k = k1
+                u = x.dtype.type(k) * scale
+                x[i, j, r] = u < p[i, jp, r]
+                if k < lo or k >= hi:            # (a branch taken at 0.2% of the draws)
+                    idx[m] = f
+                    ut[m] = u
+                    m += 1
+                f += 1
+    return m
+
+
+def _refine(ut, c, x, idx, v, from_logits):
+    """Decide the flat draws idx [m] again, whose uniforms are ut [m], with u' of
+    ``ar_kernels.tail_uniform`` (module docstring): c [A, 1 or n, R] holds the logits
+    (from_logits) or p."""
+    A, n, R = x.shape
     per_draw = c.shape[1] != 1
     for t in range(idx.shape[0]):
         f = idx[t]
         a, j, r = f // (n * R), (f // R) % n, f % R
-        lo, hi = tail_uniform(u[a, j, r], v[t])                 # u', 1 - u'
+        lo, hi = tail_uniform(ut[t], v[t])                      # u', 1 - u'
         cc = np.float64(c[a, j if per_draw else 0, r])
         if from_logits:
             on = lo < 1.0 / (1.0 + np.exp(-cc)) if lo < 0.5 else hi > 1.0 / (1.0 + np.exp(cc))
@@ -66,6 +107,7 @@ tail_uniform = ar_kernels.tail_uniform
 if numba is not None:
     # no fastmath: the comparisons and the float64 arithmetic are IEEE, as in torch
     _compare = numba.njit(cache=True, nogil=True)(_compare)
+    _stream_compare = numba.njit(cache=True, nogil=True)(_stream_compare)
     _refine = numba.njit(cache=True, nogil=True)(_refine)
 
 
@@ -77,33 +119,42 @@ def _as3(t: torch.Tensor, shape3) -> np.ndarray | None:
     return t.numpy().reshape(A, t.numel() // (A * R), R)
 
 
-def draw(u: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None,
+def draw(shape, p: torch.Tensor, generator: torch.Generator | None,
          logits: torch.Tensor | None = None) -> torch.Tensor | None:
-    """x = [u < p] with the tail draws decided again (module docstring), for CPU float32
-    or float64 u [N, ...] and p, logits broadcast to it as [N, 1, ...] or u's own shape;
-    None where another layout needs the torch operations. Detached tensors."""
-    shape = u.shape
-    if u.numel() == 0:
+    """x = [u < p] for u = ``rng.uniform(shape, generator)``, with the tail draws decided
+    again (module docstring), for CPU float32 or float64 p and logits broadcast to
+    ``shape`` as [N, 1, ...] or ``shape`` itself; None where another layout needs the
+    torch operations, and then nothing is drawn from the generator. A detached tensor.
+    Where ``rng.uniform`` takes the numbers from an SFC64 stream they are made inside the
+    comparison loop (``_stream_compare``)."""
+    shape = tuple(shape)
+    n_draws = math.prod(shape)
+    if n_draws == 0 or p.dtype not in (torch.float32, torch.float64):
         return None
-    if u.dim() >= 2 and p.shape[0] == shape[0] and p.dim() == u.dim() and p.shape[1] == 1:
-        shape3 = (shape[0], shape[1], u.numel() // (shape[0] * shape[1]))
+    if len(shape) >= 2 and p.shape[0] == shape[0] and p.dim() == len(shape) and p.shape[1] == 1:
+        shape3 = (shape[0], shape[1], n_draws // (shape[0] * shape[1]))
     elif p.shape == shape:
-        shape3 = (1, 1, u.numel())
+        shape3 = (1, 1, n_draws)
     else:
         return None
     if logits is not None and logits.shape != p.shape:
         return None
-    u3 = u.numpy().reshape(shape3)
     pp = _as3(p, shape3)
     c = pp if logits is None else _as3(logits, shape3)
-    if c is None or pp is None or pp.dtype != u3.dtype:
+    if c is None or pp is None:
         return None
-    x = np.empty_like(u3)
-    _compare(u3, pp, x)
-    idx = np.empty(u3.size, np.int64)
-    tail = u3.dtype.type(rng.TAIL_CELLS * 2.0 ** -24)
-    m = ar_kernels.tail_search(u3.reshape(-1), tail, 1 - tail, idx)
+    x = np.empty(shape3, pp.dtype)
+    idx = np.empty(n_draws, np.int64)
+    if rng.streamed(n_draws, p.device, p.dtype):
+        ut = np.empty(n_draws, pp.dtype)
+        m = _stream_compare(rng.stream_seed(generator), pp, x, idx, ut)
+    else:
+        u3 = rng.uniform(shape, generator, p.device, p.dtype).numpy().reshape(shape3)
+        _compare(u3, pp, x)
+        tail = u3.dtype.type(rng.TAIL_CELLS * 2.0 ** -24)
+        m = ar_kernels.tail_search(u3.reshape(-1), tail, 1 - tail, idx)
+        ut = u3.reshape(-1)[idx[:m]]
     # V as rng.tail_uniforms draws it, so both paths consume the same numbers
     v = torch.rand(m, generator=generator, dtype=torch.float64).numpy()
-    _refine(u3, c, x, idx[:m], v, logits is not None)
+    _refine(ut, c, x, idx[:m], v, logits is not None)
     return torch.from_numpy(x).view(shape)

@@ -36,13 +36,13 @@ def uniform(shape, generator: torch.Generator | None = None, device=None,
     shape = tuple(shape)
     n = math.prod(shape)
     device = _CPU if device is None else torch.device(device)
-    if device.type != "cpu" or n < FAST_MIN or dtype not in (torch.float32, torch.float64):
+    if not streamed(n, device, dtype):
         u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
         if device.type == "cpu":     # torch's CPU float32 draws are k / 2^24 already
             return u.to(dtype)
         # other devices' onto the lattice, which ``layers.bernoulli.exact_tails`` relies on
         return u.mul_(2.0 ** 24).floor_().clamp_(max=_MASK).mul_(_SCALE).to(dtype)
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64))
+    seed = stream_seed(generator)
     if sfc64.numba is not None and os.environ.get("RWS_NUMBA", "1") != "0":
         u = np.empty(n, _NUMPY[dtype])               # the same numbers, compiled (rws.sfc64)
         sfc64.lattice_uniforms(seed, u)
@@ -54,6 +54,17 @@ def uniform(shape, generator: torch.Generator | None = None, device=None,
     u = np.bitwise_and(bits, _MASK).astype(_NUMPY[dtype])
     u *= _SCALE
     return torch.from_numpy(u).view(shape)
+
+
+def streamed(n: int, device: torch.device, dtype) -> bool:
+    """True where ``uniform`` takes n numbers from an SFC64 stream (a CPU, float32 or
+    float64, at least ``FAST_MIN`` of them) rather than from torch's generator."""
+    return device.type == "cpu" and n >= FAST_MIN and dtype in (torch.float32, torch.float64)
+
+
+def stream_seed(generator: torch.Generator | None) -> int:
+    """The seed of a streamed request's SFC64 stream, drawn from ``generator``."""
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64))
 
 
 TAIL_CELLS = 1 << 14     # the lattice cells at either end whose draws are refined

@@ -70,26 +70,44 @@ def seed_state(seed):
     return state
 
 
-def lattice_uniforms(seed, u):
-    """Fill u [n] (float32 or float64) with ``rng.uniform``'s NumPy numbers for ``seed``."""
+def next_word(a, b, c, w):
+    """One SFC64 round: (the raw 64-bit word, the next state a, b, c, w)."""
+    word = a + b + w
+    return word, b ^ (b >> _S11), c + (c << _S3), ((c << _S24) | (c >> _S40)) + word, w + _ONE
+
+
+def start(seed):
+    """SFC64's state (a, b, c, w) for ``seed``, past its 12 seeding rounds."""
     state = seed_state(seed)
     a, b, c, w = state[0], state[1], state[2], _ONE
-    for _ in range(12):                              # SFC64's seeding rounds
-        tmp = a + b + w
-        w += _ONE
-        a, b, c = b ^ (b >> _S11), c + (c << _S3), ((c << _S24) | (c >> _S40)) + tmp
+    for _ in range(12):
+        _, a, b, c, w = next_word(a, b, c, w)
+    return a, b, c, w
+
+
+def lattice_k(word):
+    """The two lattice indices k (0 <= k < 2^24) of a raw word: its halves' low 24 bits."""
+    return np.int32(word & _M24), np.int32((word >> _S32) & _M24)
+
+
+def lattice_uniforms(seed, u):
+    """Fill u [n] (float32 or float64) with ``rng.uniform``'s NumPy numbers for ``seed``."""
+    a, b, c, w = start(seed)
     n, scale = u.shape[0], u.dtype.type(2.0 ** -24)
-    for j in range(0, n, 2):
-        tmp = a + b + w                              # the next raw 64-bit word
-        w += _ONE
-        a, b, c = b ^ (b >> _S11), c + (c << _S3), ((c << _S24) | (c >> _S40)) + tmp
-        u[j] = u.dtype.type(np.int32(tmp & _M24)) * scale
-        if j + 1 < n:
-            u[j + 1] = u.dtype.type(np.int32((tmp >> _S32) & _M24)) * scale
+    for j in range(0, n - 1, 2):
+        word, a, b, c, w = next_word(a, b, c, w)
+        k0, k1 = lattice_k(word)
+        u[j], u[j + 1] = u.dtype.type(k0) * scale, u.dtype.type(k1) * scale
+    if n % 2:                                        # the last word's first half
+        word, a, b, c, w = next_word(a, b, c, w)
+        u[n - 1] = u.dtype.type(lattice_k(word)[0]) * scale
 
 
 if numba is not None:
     _hashmix = numba.njit(cache=True, inline="always")(_hashmix)
     _mix = numba.njit(cache=True, inline="always")(_mix)
     seed_state = numba.njit(cache=True, nogil=True)(seed_state)
+    next_word = numba.njit(cache=True, inline="always")(next_word)
+    start = numba.njit(cache=True, nogil=True)(start)
+    lattice_k = numba.njit(cache=True, inline="always")(lattice_k)
     lattice_uniforms = numba.njit(cache=True, nogil=True)(lattice_uniforms)

@@ -45,9 +45,11 @@ def test_kernel_serves_the_samplers_layouts():
     for shape, p_shape in [((25, 1, 784), (25, 1, 784)), ((25, 5, 200), (25, 1, 200)),
                            ((1, 25, 200), (1, 1, 200))]:
         p = torch.rand(p_shape)
-        assert bernoulli_kernel.draw(rng.uniform(shape, g), p, g, p.logit()) is not None
+        assert bernoulli_kernel.draw(shape, p, g, p.logit()) is not None
     p = torch.rand(1, 200)                                    # another broadcast
-    assert bernoulli_kernel.draw(rng.uniform((25, 200), g), p, g) is None
+    state = g.get_state()
+    assert bernoulli_kernel.draw((25, 200), p, g) is None
+    assert torch.equal(g.get_state(), state)                  # and nothing was drawn
 
 
 @pytest.mark.parametrize("logit", [-40.0, -16.0, 20.0, 40.0])
@@ -62,6 +64,7 @@ def test_kernel_draws_at_the_lattices_ends_follow_the_true_probabilities(monkeyp
     m = 100_000
     monkeypatch.setattr(rng, "uniform", lambda shape, g=None, device=None, dtype=torch.float32:
                         torch.full(shape, k * 2.0 ** -24, dtype=dtype))
+    monkeypatch.setattr(rng, "FAST_MIN", m + 1)    # not streamed: the draws take these u
     c = torch.full((m, 1, 1), logit)
     p = torch.sigmoid(c)
     x = bernoulli.bernoulli_draw(p, torch.Generator().manual_seed(k), None,
@@ -75,3 +78,30 @@ def test_kernel_draws_at_the_lattices_ends_follow_the_true_probabilities(monkeyp
     tail = (x if low else 1 - x).mean().item()     # the tail value's frequency
     sd = (expected * (1 - expected) / m) ** 0.5
     assert abs(tail - expected) <= 5 * sd + 1e-12, (tail, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_streamed_draws_make_rng_uniforms_numbers_in_the_loop(monkeypatch, dtype):
+    """Where ``rng.uniform`` would take an SFC64 stream, ``draw`` makes the same numbers
+    inside its comparison (it no longer calls ``rng.uniform``), lists the same tail
+    draws as a search of those numbers, and compares with the same u."""
+    import numpy as np
+    from rws import ar_kernels, sfc64
+    A, n, R = 30, 5, 200
+    p = torch.rand(A, 1, R, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    u = np.empty(A * n * R, p.numpy().dtype)
+    sfc64.lattice_uniforms(12345, u)
+    x = np.empty((A, n, R), u.dtype)
+    idx, ut = np.empty(u.size, np.int64), np.empty(u.size, u.dtype)
+    m = bernoulli_kernel._stream_compare(12345, p.numpy(), x, idx, ut)
+    tail = u.dtype.type(rng.TAIL_CELLS * 2.0 ** -24)
+    expected = np.empty(u.size, np.int64)
+    m_search = ar_kernels.tail_search(u, tail, 1 - tail, expected)
+    assert m == m_search > 0
+    assert np.array_equal(idx[:m], expected[:m]) and np.array_equal(ut[:m], u[expected[:m]])
+    assert np.array_equal(x.reshape(-1), (u.reshape(A, n, R) < p.numpy()).reshape(-1))
+
+    def no_uniforms(*args, **kwargs):
+        raise AssertionError("the streamed draws called rng.uniform")
+    monkeypatch.setattr(rng, "uniform", no_uniforms)
+    assert bernoulli_kernel.draw((A, n, R), p, torch.Generator().manual_seed(0)) is not None
