@@ -90,7 +90,7 @@ def sigmoid_rate(device="cpu", seconds: float = 0.25, n: int = 1 << 22) -> float
 
 
 # elementwise operations that evaluate an exponential or a logarithm per element
-TRANSCENDENTAL = {"sigmoid", "exp", "log", "log1p", "expm1", "tanh", "softplus",
+TRANSCENDENTAL = {"sigmoid", "exp", "exp2", "log", "log1p", "expm1", "tanh", "softplus",
                   "softplus_backward", "log_sigmoid_forward", "log_sigmoid_backward",
                   "logsumexp", "logaddexp"}
 
@@ -122,8 +122,8 @@ class Work:
 
 
 class _WorkCounter(TorchDispatchMode):
-    """Counts torch's operations as they dispatch, and the compiled NADE kernels' work
-    as they report it (``rws.ar_kernels.on_work``)."""
+    """Counts torch's operations as they dispatch, and the compiled kernels' work as
+    they report it (``rws.ar_kernels.on_work``)."""
 
     def __init__(self):
         super().__init__()

@@ -189,8 +189,10 @@ def test_evaluation_rejects_non_binary_data():
         log_likelihood(model, torch.tensor([[0.0, 0.5, 1.0, 1.0]]), 4)
 
 
+@pytest.mark.parametrize("numba", ["1", "0"])       # the compiled pass and torch's groups
 @pytest.mark.parametrize("shape", [(1000, 784), (3, 70000), (100, 5, 200), (700, 97)])
-def test_softplus_sum_is_as_accurate_as_summed_float32_softplus(shape):
+def test_softplus_sum_is_as_accurate_as_summed_float32_softplus(monkeypatch, shape, numba):
+    monkeypatch.setenv("RWS_NUMBA", numba)
     torch.manual_seed(0)
     a = torch.randn(shape) * 6
     a.view(-1)[:10] = torch.tensor([0.0, 1e-8, -1e-8, 30, -30, 90, -90, 1e4, -1e4, 16])
@@ -200,7 +202,8 @@ def test_softplus_sum_is_as_accurate_as_summed_float32_softplus(shape):
     assert grouped <= 3 * plain, (grouped, plain)
 
 
-def test_softplus_sum_groups_do_not_overflow_and_gradients_still_flow():
+def test_softplus_sum_groups_do_not_overflow_and_gradients_still_flow(monkeypatch):
+    monkeypatch.setenv("RWS_NUMBA", "0")
     zeros = torch.zeros(3, 1 << 14)                      # every factor 2: groups of 64 -> 2^64
     assert torch.allclose(layers.softplus_sum(zeros), torch.full((3,), (1 << 14) * math.log(2)))
     a = torch.randn(100, 1000, requires_grad=True)

@@ -1,0 +1,103 @@
+"""The compiled Bernoulli log-probability (``rws.logprob_kernel``) against the float64
+definition sum_i x_i a_i - softplus(a_i), in every layout the layers hand it, and
+against torch where logits are not finite."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rws import logprob_kernel
+from rws.layers import bernoulli
+
+pytestmark = pytest.mark.skipif(not logprob_kernel.available(), reason="numba is not installed")
+
+
+def _exact(a, x):
+    return (x.double() * a.double() - F.softplus(a.double())).sum(-1)
+
+
+def test_softplus_of_single_logits_is_within_float32_rounding():
+    """One unit per row, logits from -100 to 100 and far beyond the exponential's clamp:
+    within half a float32 unit of the result plus 1e-7 (e^-|a| by a polynomial with
+    relative error 2e-7, the rest in float64)."""
+    grid = np.concatenate([np.linspace(-100, 100, 200_001), [-1e4, -126, -88, 88, 126, 1e4]])
+    a = torch.tensor(grid, dtype=torch.float32)[:, None]
+    want = F.softplus(a.double()).sum(-1)
+    err = (logprob_kernel.softplus_sum(a).double() - want).abs()
+    assert (err <= 2.0 ** -24 * want + 1e-7).all(), (err - 2.0 ** -24 * want).max()
+
+
+@pytest.mark.parametrize("shape_a, shape_x", [
+    ((25, 5, 784), (25, 1, 784)),     # P's first layer: the data point under K proposals
+    ((25, 1, 200), (25, 5, 200)),     # Q's first layer: one row of logits, K samples
+    ((1, 200), (25, 5, 200)),         # an SBN's top prior
+    ((125, 784), (125, 784)),
+    ((784,), (784,)),
+    ((3, 2, 5, 7), (3, 1, 1, 7)),
+    ((2, 3, 2500), (2, 3, 2500)),     # beyond one block of the float64 product
+])
+def test_log_prob_is_as_accurate_as_the_float32_torch_operations(shape_a, shape_x):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(shape_a, generator=g) * 6
+    a.view(-1)[:8] = torch.tensor([0.0, 1e-8, 30, -30, 90, -90, 1e4, -1e4])
+    x = (torch.rand(shape_x, generator=g) < 0.3).float()
+    got = logprob_kernel.log_prob(a, x)
+    exact = _exact(a, x)
+    assert got.shape == exact.shape and got.dtype == torch.float32
+    plain = ((x * a).sum(-1) - F.softplus(a).sum(-1)).double()
+    bound = torch.maximum((plain - exact).abs().max(), 2.0 ** -23 * exact.abs().max())
+    assert (got.double() - exact).abs().max() <= bound
+
+
+def test_softplus_sum_does_not_overflow_its_products():
+    zeros = torch.zeros(3, 1 << 14)                      # every factor 2: 2^16384 in all
+    assert torch.allclose(logprob_kernel.softplus_sum(zeros),
+                          torch.full((3,), (1 << 14) * math.log(2)))
+
+
+def test_non_finite_logits_give_what_torch_gives():
+    a = torch.randn(5, 300) * 3
+    a[0, 5], a[1, 3], a[2, 7], a[3, 9] = math.nan, math.inf, -math.inf, math.inf
+    x = torch.zeros(5, 300)
+    x[3, 9] = x[2, 8] = 1                                # +inf meets 1 in row 3
+    plain = (x * a).sum(-1) - F.softplus(a).sum(-1)
+    assert torch.equal(logprob_kernel.log_prob(a, x).isnan(), plain.isnan())
+    sp = logprob_kernel.softplus_sum(a)
+    want = F.softplus(a).sum(-1)
+    assert sp[0].isnan() and sp[1] == math.inf
+    assert torch.allclose(sp[2:], want[2:])              # softplus(-inf) = 0
+
+
+def test_other_layouts_dtypes_and_gradients_go_to_torch():
+    a = torch.randn(4, 3, 10)
+    x = (torch.rand(1, 3, 10) < 0.5).float()            # shares a middle dim only
+    assert logprob_kernel.log_prob(a, x) is None
+    assert logprob_kernel.log_prob(a.double(), x.double()) is None
+    assert logprob_kernel.softplus_sum(a.double()) is None
+    a.requires_grad_(True)
+    assert logprob_kernel.log_prob(a, x[0]) is None and logprob_kernel.softplus_sum(a) is None
+    out = bernoulli.bernoulli_log_prob(a, x)             # the torch operations, with a graph
+    assert torch.allclose(out.double(), _exact(a.detach(), x), atol=1e-4)
+    out.sum().backward()
+    assert torch.allclose(a.grad, (x - torch.sigmoid(a.detach())).expand_as(a))
+
+
+def test_layers_score_the_same_with_and_without_the_kernel(monkeypatch):
+    """An SBN layer's log_prob in each of its layouts, the kernel against the torch
+    operations (RWS_NUMBA=0)."""
+    from rws import zoo
+    torch.manual_seed(0)
+    model = zoo.build("sbn:200", 784)
+    layer = model.p_layers[0]
+    x = (torch.rand(6, 784) < 0.2).float()
+    h = (torch.rand(30, 200) < 0.5).float()
+    outs = {}
+    for numba in ("1", "0"):
+        monkeypatch.setenv("RWS_NUMBA", numba)
+        with torch.no_grad():
+            outs[numba] = [layer.log_prob(x, h), layer.log_prob(x.repeat_interleave(5, 0), h),
+                           model.p_layers[1].log_prob(h), model.q_layers[0].log_prob(h, x)]
+    for kernel, plain in zip(outs["1"], outs["0"]):
+        assert torch.allclose(kernel, plain, rtol=1e-6, atol=1e-3)
