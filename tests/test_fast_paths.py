@@ -31,6 +31,21 @@ def test_int8_binary_product_is_as_exact_as_float32(shape):
     assert err_int8 <= 2 * err_f32 + 1e-7 * k * W.abs().max()
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 3), (300, 200, 784), (1024, 784, 200)])
+def test_int8_recombination_compiled_gives_the_torch_operations_values(monkeypatch, shape):
+    """The compiled recombination of the three int32 products (``int8._combine``) rounds
+    as torch's add and addcmul do (fused multiply-adds)."""
+    pytest.importorskip("numba")
+    N, k, n = shape
+    torch.manual_seed(1)
+    W, b = torch.randn(n, k) * 0.3, torch.randn(n)
+    y = (torch.rand(N, k) < 0.3).float()
+    pieces = int8.split(W)
+    compiled = int8.binary_linear(y, *pieces, b)
+    monkeypatch.setenv("RWS_NUMBA", "0")
+    assert torch.equal(compiled, int8.binary_linear(y, *pieces, b))
+
+
 def test_int8_path_switch(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setenv("RWS_INT8", "1")
