@@ -36,7 +36,8 @@ from rws import ar_kernels
 numba = ar_kernels.numba
 available = ar_kernels.available
 BLOCK = 1000      # 1 + e^-|a| <= 2: a float64 product of 1,000 stays below 2^1000
-_ZERO, _NEG_LOG2_E, _LOW = np.float32(0), np.float32(-1 / math.log(2)), np.float32(-125)
+_ZERO, _ONE = np.float32(0), np.float32(1)
+_NEG_LOG2_E, _LOW = np.float32(-1 / math.log(2)), np.float32(-125)
 
 
 def _exp_neg_abs(v):
@@ -44,45 +45,55 @@ def _exp_neg_abs(v):
     return ar_kernels.exp2_32(max(abs(v) * _NEG_LOG2_E, _LOW))
 
 
-def _softplus_block(a):
-    """sum_i softplus(a_i) over a [D <= BLOCK], in float64 (module docstring)."""
+def _softplus_block(a, s):
+    """sum_i softplus(a_i) over a [D <= BLOCK], in float64 (module docstring); and
+    s = sigmoid(a) where s is not empty."""
+    store = s.shape[0] > 0
     relu, prod = 0.0, 1.0
     for i in range(a.shape[0]):
         v = a[i]
+        e = _exp_neg_abs(v)
         relu += np.float64(max(v, _ZERO))         # (NaN stays NaN: no nnan flag)
-        prod *= 1.0 + np.float64(_exp_neg_abs(v))
+        prod *= 1.0 + np.float64(e)
+        if store:
+            s[i] = (_ONE if v >= _ZERO else e) / (_ONE + e)
     return relu + math.log(prod)
 
 
-def _log_prob_block(a, x):
-    """sum_i x_i a_i - softplus(a_i) over a, x [D <= BLOCK], in float64."""
+def _log_prob_block(a, x, s):
+    """sum_i x_i a_i - softplus(a_i) over a, x [D <= BLOCK], in float64; and
+    s = sigmoid(a) where s is not empty."""
+    store = s.shape[0] > 0
     dot, relu, prod = 0.0, 0.0, 1.0
     for i in range(a.shape[0]):
         v = a[i]
+        e = _exp_neg_abs(v)
         dot += np.float64(x[i] * v)              # NaN where 0 meets +-inf, as in torch
         relu += np.float64(max(v, _ZERO))
-        prod *= 1.0 + np.float64(_exp_neg_abs(v))
+        prod *= 1.0 + np.float64(e)
+        if store:
+            s[i] = (_ONE if v >= _ZERO else e) / (_ONE + e)
     return dot - relu - math.log(prod)
 
 
-def _softplus_sum(a):
-    """sum_i softplus(a_i) over a row a [D], in blocks of ``BLOCK`` (one loop that
-    vectorises each)."""
+def _softplus_sum(a, s):
+    """``_softplus_block`` over a row a [D] (and s), in blocks of ``BLOCK`` (one loop
+    that vectorises each)."""
     if a.shape[0] <= BLOCK:
-        return _softplus_block(a)
+        return _softplus_block(a, s)
     total = 0.0
-    for s in range(0, a.shape[0], BLOCK):
-        total += _softplus_block(a[s:s + BLOCK])
+    for b in range(0, a.shape[0], BLOCK):
+        total += _softplus_block(a[b:b + BLOCK], s[b:b + BLOCK])
     return total
 
 
-def _log_prob_row(a, x):
-    """sum_i x_i a_i - softplus(a_i) over the rows a, x [D], in blocks of ``BLOCK``."""
+def _log_prob_row(a, x, s):
+    """``_log_prob_block`` over the rows a, x [D] (and s), in blocks of ``BLOCK``."""
     if a.shape[0] <= BLOCK:
-        return _log_prob_block(a, x)
+        return _log_prob_block(a, x, s)
     total = 0.0
-    for s in range(0, a.shape[0], BLOCK):
-        total += _log_prob_block(a[s:s + BLOCK], x[s:s + BLOCK])
+    for b in range(0, a.shape[0], BLOCK):
+        total += _log_prob_block(a[b:b + BLOCK], x[b:b + BLOCK], s[b:b + BLOCK])
     return total
 
 
@@ -96,22 +107,26 @@ def _dot(a, x):
 
 def _softplus_rows(a, out):
     """out[r] = sum_i softplus(a[r, i]) for a [N, D]."""
+    none = np.empty(0, a.dtype)
     for r in range(a.shape[0]):
-        out[r] = _softplus_sum(a[r])
+        out[r] = _softplus_sum(a[r], none)
 
 
-def _log_prob_rows(a, x, out):
+def _log_prob_rows(a, x, out, s):
     """out[i, j] = log p(x[i, j or 0] | a[i, j or 0]) for a [A, 1 or n, D] and
-    x [A, 1 or n, D] (the side with 1 broadcast), out [A, n]."""
+    x [A, 1 or n, D] (the side with 1 broadcast), out [A, n]; and s = sigmoid(a) where
+    s [A, 1 or n, D] is not empty."""
     A, n = out.shape
+    none = np.empty(0, a.dtype)
     for i in range(A):
         if a.shape[1] == 1 and n > 1:            # one row of logits, n values
-            sp = _softplus_sum(a[i, 0])
+            sp = _softplus_sum(a[i, 0], s[i, 0] if s.size else none)
             for j in range(n):
                 out[i, j] = _dot(a[i, 0], x[i, j]) - sp
         else:
             for j in range(n):
-                out[i, j] = _log_prob_row(a[i, j], x[i, 0 if x.shape[1] == 1 else j])
+                out[i, j] = _log_prob_row(a[i, j], x[i, 0 if x.shape[1] == 1 else j],
+                                          s[i, j] if s.size else none)
 
 
 if numba is not None:
@@ -126,10 +141,15 @@ if numba is not None:
     _softplus_rows, _log_prob_rows = _loop(_softplus_rows), _loop(_log_prob_rows)
 
 
-def _usable(*ts: torch.Tensor) -> bool:
+def usable(*ts: torch.Tensor) -> bool:
+    """Whether the kernel may serve tensors ts, gradients aside: float32, on the CPU,
+    with numba."""
     return available() and all(t.device.type == "cpu" and t.dtype == torch.float32
-                               and not (t.requires_grad and torch.is_grad_enabled())
                                for t in ts)
+
+
+def _usable(*ts: torch.Tensor) -> bool:
+    return usable(*ts) and not any(t.requires_grad for t in ts if torch.is_grad_enabled())
 
 
 def softplus_sum(a: torch.Tensor) -> torch.Tensor | None:
@@ -146,9 +166,10 @@ def softplus_sum(a: torch.Tensor) -> torch.Tensor | None:
     return torch.from_numpy(out).view(a.shape[:-1])
 
 
-def log_prob(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+def log_prob(a: torch.Tensor, x: torch.Tensor, probs: bool = False):
     """sum_i log Bern(x_i | sigmoid(a_i)) over the last axis, a and x broadcast:
-    [..., D] -> [...], float32. The kernel takes the layouts where, after the leading
+    [..., D] -> [...], float32; with ``probs`` also sigmoid(a) in a's shape (from the
+    same exponentials), the pair. The kernel takes the layouts where, after the leading
     dims that a and x share, one of them has only 1s (logits or value once per point);
     None for any other layout and where ``softplus_sum`` gives None."""
     if not _usable(a, x) or a.shape[-1] != x.shape[-1]:
@@ -170,7 +191,9 @@ def log_prob(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
         return None
     out = np.empty((A, n), np.float32)
     a3 = a.contiguous().numpy().reshape(A, -1, D)
-    _log_prob_rows(a3, x.contiguous().numpy().reshape(A, -1, D), out)
+    s = np.empty(a3.shape if probs else (0, 0, 0), np.float32)
+    _log_prob_rows(a3, x.contiguous().numpy().reshape(A, -1, D), out, s)
     if ar_kernels.on_work is not None:           # one exponential per logit
         ar_kernels._count(0, a3.size)
-    return torch.from_numpy(out).view(lead)
+    out = torch.from_numpy(out).view(lead)
+    return (out, torch.from_numpy(s).view(a.shape)) if probs else out

@@ -54,7 +54,7 @@ import torch
 
 from rws import bf16
 from rws.layers import (DARN, DARNTop, SBN, SBNTop, bernoulli_draw, bernoulli_log_prob,
-                        repeat_rows)
+                        bernoulli_log_prob_and_probs, repeat_rows)
 from rws.layers.autoregressive import sparse_product, sparse_weight_grad
 
 
@@ -115,15 +115,15 @@ class Proposals:
 
     hs[l]: [B, K, n_l] (hs[0] = x as [B, 1, D]); q_probs[l]: sigmoid(c_l), [B, 1, n] for
     the first Q layer (its logits are shared by the K samples) and [B, K, n] above;
-    p_logits[l]: a_l [B, K, n_l] of P's layers, the top prior's last ([1, n_L] for an
-    SBN's, whose logits are its parameter); log_p_layers: log p_l
+    p_probs[l]: sigmoid(a_l) [B, K, n_l] of P's layers, the top prior's last ([1, n_L]
+    for an SBN's, whose logits are its parameter); log_p_layers: log p_l
     [B, K] per P layer, the top prior last; log_q_layers: log q_l [B, K] per Q layer.
     dreams: [x [n, D], h_1 [n, n_1], ...] ~ p, or None; dream_q_probs[l]: Q layer l's
     sigmoid(c_l) on them, [n, n_{l+1}].
     """
     hs: list
     q_probs: list
-    p_logits: list
+    p_probs: list
     log_p_layers: list
     log_q_layers: list
     dreams: list | None = None
@@ -172,7 +172,7 @@ def propose(model, x: torch.Tensor, K: int, generator, dreams: list | None = Non
         log_q.append(bernoulli_log_prob(c, h))                    # [B, K]
         hs.append(h)
         q_probs.append(p)
-    p_logits, log_p = [], []
+    p_probs, log_p = [], []
     # (a list: slicing a ModuleList builds a new Module, some 10 us)
     for l, layer in enumerate(list(model.p_layers)[:L]):
         y = hs[l + 1].reshape(B * K, -1)
@@ -180,13 +180,15 @@ def propose(model, x: torch.Tensor, K: int, generator, dreams: list | None = Non
             a = layer.base_logits(y).view(B, K, -1).add_(_darn_auto(layer, hs[l]))
         else:
             a = layer.logits(y).view(B, K, -1)                    # [B, K, n_l]
-        log_p.append(bernoulli_log_prob(a, hs[l]))
-        p_logits.append(a)
+        log_p_l, p = bernoulli_log_prob_and_probs(a, hs[l])
+        log_p.append(log_p_l)
+        p_probs.append(p)
     top = model.p_layers[L]
     a = top.b + _darn_auto(top, hs[L]) if isinstance(top, DARN) else top.logits()
-    log_p.append(bernoulli_log_prob(a, hs[L]))
-    p_logits.append(a)                                            # [B, K, n_L] or [1, n_L]
-    return Proposals(hs, q_probs, p_logits, log_p, log_q, dreams,
+    log_p_l, p = bernoulli_log_prob_and_probs(a, hs[L])
+    log_p.append(log_p_l)
+    p_probs.append(p)                                             # [B, K, n_L] or [1, n_L]
+    return Proposals(hs, q_probs, p_probs, log_p, log_q, dreams,
                      dream_q_probs if dreams is not None else None)
 
 
@@ -200,13 +202,14 @@ def add_wake_gradients(model, props: Proposals, p_weights: torch.Tensor,
     with the weights [B, K] held constant (RWS: both w~; VIMCO: w~ and its learning
     signal minus w~), plus, where ``props`` holds dreams, the sleep-Q loss
     -(scale / n) sum log q(h | x) over them. ``q_weights`` None and no dreams leave Q
-    untouched."""
+    untouched. P's probabilities in ``props`` become its dL/da (in place), so a
+    ``Proposals`` serves one call."""
     L, hs = len(model.q_layers), props.hs
     B, K = hs[1].shape[:2]
     # P: dL/da_l = alpha (sigmoid(a_l) - h_l), alpha = p_weights scale / B
     alpha = (p_weights * (scale / B))[..., None]                  # [B, K, 1]
     for l, layer in enumerate(list(model.p_layers)[:L]):
-        G = torch.sigmoid(props.p_logits[l]).sub_(hs[l]).mul_(alpha)   # [B, K, n_l]
+        G = props.p_probs[l].sub_(hs[l]).mul_(alpha)              # [B, K, n_l]
         y = hs[l + 1].reshape(B * K, -1)
         if isinstance(layer, DARN):      # the data, once per point: G summed over K
             x_l = hs[l].reshape(-1, layer.n_x)                    # [B or B*K, n_l]
@@ -215,7 +218,7 @@ def add_wake_gradients(model, props: Proposals, p_weights: torch.Tensor,
         else:
             _add_linear_grads(layer, G.view(B * K, -1), y)
     top = model.p_layers[L]
-    G = (torch.sigmoid(props.p_logits[L]) - hs[L]).mul_(alpha)   # [B, K, n_L]
+    G = (props.p_probs[L] - hs[L]).mul_(alpha)                   # [B, K, n_L]
     if isinstance(top, DARN):
         G = G.view(B * K, -1)
         _add_darn_grads(top, G, None, G, hs[L].reshape(B * K, -1))

@@ -101,3 +101,42 @@ def test_layers_score_the_same_with_and_without_the_kernel(monkeypatch):
                            model.p_layers[1].log_prob(h), model.q_layers[0].log_prob(h, x)]
     for kernel, plain in zip(outs["1"], outs["0"]):
         assert torch.allclose(kernel, plain, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape_a, shape_x", [((25, 5, 784), (25, 1, 784)),
+                                              ((25, 1, 200), (25, 5, 200)),
+                                              ((1, 200), (25, 5, 200)),
+                                              ((2, 2500), (2, 2500))])
+def test_probs_are_the_sigmoids_of_the_logits_as_given(shape_a, shape_x):
+    """sigmoid(a) from the pass's exponentials, in a's shape (not broadcast), within
+    2e-7 of float64 (about two float32 roundings of values below 1); the same
+    log-probabilities as without."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(shape_a, generator=g) * 8
+    a.view(-1)[:4] = torch.tensor([0.0, 90.0, -90.0, -1e4])
+    x = (torch.rand(shape_x, generator=g) < 0.3).float()
+    out, s = logprob_kernel.log_prob(a, x, probs=True)
+    assert s.shape == a.shape and torch.equal(out, logprob_kernel.log_prob(a, x))
+    assert (s.double() - torch.sigmoid(a.double())).abs().max() <= 2e-7
+
+
+@pytest.mark.parametrize("shape_a, shape_x", [((25, 5, 784), (25, 1, 784)),
+                                              ((25, 1, 200), (25, 5, 200)),
+                                              ((1, 200), (25, 5, 200)),
+                                              ((4, 3, 10), (1, 3, 10))])   # torch inside
+def test_log_prob_with_a_gradient_matches_float64_autograd(shape_a, shape_x):
+    """``bernoulli_log_prob`` recording a gradient (the compiled pass, with the
+    gradient x - sigmoid(a) from its sigmoids, summed over broadcast dims): values and
+    gradients to both inputs against autograd of the definition in float64."""
+    g = torch.Generator().manual_seed(3)
+    a = (torch.randn(shape_a, generator=g) * 4).requires_grad_()
+    x = (torch.rand(shape_x, generator=g) < 0.3).float().requires_grad_()
+    out = bernoulli.bernoulli_log_prob(a, x)
+    weights = torch.randn(out.shape, generator=g)
+    out.backward(weights)
+    a64, x64 = (t.detach().double().requires_grad_() for t in (a, x))
+    exact = _exact(a64, x64)
+    exact.backward(weights.double())
+    assert (out.double() - exact.detach()).abs().max() <= 1e-6 * exact.abs().max() + 1e-5
+    assert (a.grad.double() - a64.grad).abs().max() <= 1e-6 * weights.abs().max() * 5
+    assert torch.allclose(x.grad.double(), x64.grad, rtol=1e-6, atol=1e-5)

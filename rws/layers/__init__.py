@@ -21,13 +21,13 @@ One file per family: ``bernoulli`` (the shared Bernoulli pieces and ``BernoulliL
 """
 from rws.layers.autoregressive import DARN, NADE, DARNTop, NADELogits, NADETop
 from rws.layers.bernoulli import (BernoulliLayer, bernoulli_draw, bernoulli_log_prob,
-                                  bernoulli_probs, bernoulli_sample, default_weights,
+                                  bernoulli_log_prob_and_probs, bernoulli_probs, bernoulli_sample, default_weights,
                                   match_rows, repeat_rows, softplus_sum)
 from rws.layers.gaussian import Gaussian, StandardNormal, normal_log_prob
 from rws.layers.sbn import ACTIVATIONS, DSBN, MLP, SBN, MLPBernoulli, SBNTop, init_linear
 
 __all__ = ["ACTIVATIONS", "BernoulliLayer", "DARN", "DARNTop", "DSBN", "Gaussian", "MLP",
            "MLPBernoulli", "NADE", "NADELogits", "NADETop", "SBN", "SBNTop", "StandardNormal",
-           "bernoulli_draw", "bernoulli_log_prob", "bernoulli_probs", "bernoulli_sample",
+           "bernoulli_draw", "bernoulli_log_prob", "bernoulli_log_prob_and_probs", "bernoulli_probs", "bernoulli_sample",
            "default_weights", "init_linear", "match_rows", "normal_log_prob", "repeat_rows",
            "softplus_sum"]

@@ -23,11 +23,48 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, clamp: bool = Fals
     if clamp:
         p = 0.9999 * torch.sigmoid(logits) + 5e-6
         return (x * torch.log(p) + (1 - x) * torch.log1p(-p)).sum(-1)
+    if logits.requires_grad and torch.is_grad_enabled() and logprob_kernel.usable(logits, x):
+        return _BernoulliLogProb.apply(logits, x)
     out = logprob_kernel.log_prob(logits, x)      # float32 CPU tensors: one compiled pass
     if out is not None:
         return out
     # two reductions are faster than the fused BCE kernel on CPU (measured 0.7 vs 0.9-3.4 ns/elt)
     return (x * logits).sum(-1) - softplus_sum(logits)
+
+
+def bernoulli_log_prob_and_probs(logits: torch.Tensor, x: torch.Tensor):
+    """(``bernoulli_log_prob(logits, x)``, sigmoid(logits)), for a caller that needs both
+    and no gradient recorded: from the same exponentials where the compiled pass
+    (``rws.logprob_kernel``) applies."""
+    res = logprob_kernel.log_prob(logits, x, probs=True)
+    return res if res is not None else (bernoulli_log_prob(logits, x), torch.sigmoid(logits))
+
+
+class _BernoulliLogProb(torch.autograd.Function):
+    """``bernoulli_log_prob`` with a gradient to record, by the compiled pass
+    (``rws.logprob_kernel``), which keeps sigmoid(a) for the backward pass:
+
+        d/da sum_i [x_i a_i - softplus(a_i)] = x - sigmoid(a),   d/dx = a
+
+    (summed over the dims a or x was broadcast along). Against autograd of the torch
+    operations, forward and backward of [125, 784] logits 400 -> 281 us (one thread);
+    training steps that score with autograd gain 1-2% (NADE/NADE, NVIL on SBN 200)."""
+
+    @staticmethod
+    def forward(ctx, a, x):
+        res = logprob_kernel.log_prob(a, x, probs=True)
+        out, s = res if res is not None else ((x * a).sum(-1) - softplus_sum(a), torch.sigmoid(a))
+        ctx.save_for_backward(s, x, a if ctx.needs_input_grad[1] else None)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        s, x, a = ctx.saved_tensors
+        g = g[..., None]
+        grad_a = ((x - s) * g).sum_to_size(s.shape) if ctx.needs_input_grad[0] else None
+        grad_x = (a * g).sum_to_size(x.shape) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_x
 
 
 _LOG2_E = 1 / math.log(2)
