@@ -140,3 +140,37 @@ def test_log_prob_with_a_gradient_matches_float64_autograd(shape_a, shape_x):
     assert (out.double() - exact.detach()).abs().max() <= 1e-6 * exact.abs().max() + 1e-5
     assert (a.grad.double() - a64.grad).abs().max() <= 1e-6 * weights.abs().max() * 5
     assert torch.allclose(x.grad.double(), x64.grad, rtol=1e-6, atol=1e-5)
+
+
+def _exact_clamped(a, x):
+    p = 0.9999 * torch.sigmoid(a.double()) + 5e-6
+    return (x.double() * torch.log(p) + (1 - x.double()) * torch.log(1 - p)).sum(-1)
+
+
+@pytest.mark.parametrize("shape_a, shape_x", [((64, 126), (64, 126)),
+                                              ((25, 5, 784), (25, 1, 784)),
+                                              ((25, 1, 200), (25, 5, 200)),
+                                              ((1, 200), (25, 5, 200)),
+                                              ((3, 2500), (3, 2500))])
+def test_clamped_log_prob_matches_the_float64_definition(shape_a, shape_x):
+    """Under the original code's clamped sigmoid, logits far into both tails (where
+    1 - p meets its floor 9.5e-5, which float32's p resolves to 6e-4 only): within
+    1e-8 per unit of float64, where torch's float32 operations are 1e-2 off."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(shape_a, generator=g) * 12
+    a.view(-1)[:4] = torch.tensor([0.0, 90.0, -90.0, 1e4])
+    x = (torch.rand(shape_x, generator=g) < 0.3).float()
+    got = logprob_kernel.log_prob(a, x, clamp=True)
+    assert got.shape == torch.broadcast_shapes(a.shape, x.shape)[:-1]
+    err = (got.double() - _exact_clamped(a, x)).abs()
+    assert (err <= 2.0 ** -24 * _exact_clamped(a, x).abs() + 1e-8 * a.shape[-1]).all()
+    assert torch.allclose(bernoulli.bernoulli_log_prob(a, x, clamp=True), got)
+
+
+def test_clamped_log_prob_of_non_finite_logits_is_torch_s():
+    a = torch.randn(3, 100)
+    a[0, 3], a[1, 2], a[2, 4] = math.nan, math.inf, -math.inf
+    x = (torch.rand(3, 100, generator=torch.Generator().manual_seed(5)) < 0.5).float()
+    got = logprob_kernel.log_prob(a, x, clamp=True)
+    assert got[0].isnan() and torch.allclose(got[1:].double(), _exact_clamped(a, x)[1:])
+    assert logprob_kernel.log_prob(a, x, probs=True, clamp=True) is None

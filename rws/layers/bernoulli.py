@@ -21,6 +21,9 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor, clamp: bool = Fals
     bounds each unit's log-probability below by about -12.2.
     """
     if clamp:
+        out = logprob_kernel.log_prob(logits, x, clamp=True)
+        if out is not None:
+            return out
         p = 0.9999 * torch.sigmoid(logits) + 5e-6
         return (x * torch.log(p) + (1 - x) * torch.log1p(-p)).sum(-1)
     if logits.requires_grad and torch.is_grad_enabled() and logprob_kernel.usable(logits, x):
