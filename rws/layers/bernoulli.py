@@ -55,8 +55,7 @@ class _BernoulliLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, x):
-        res = logprob_kernel.log_prob(a, x, probs=True)
-        out, s = res if res is not None else ((x * a).sum(-1) - softplus_sum(a), torch.sigmoid(a))
+        out, s = bernoulli_log_prob_and_probs(a, x)      # (no gradient recorded in here)
         ctx.save_for_backward(s, x, a if ctx.needs_input_grad[1] else None)
         return out
 
