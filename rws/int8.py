@@ -99,8 +99,9 @@ def split(W: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
 
 
 def _combine(acc1, acc2, acc3, scale, bias, out):
-    """out = b + s ((q3 acc) + 254 (254 (q1 acc) + (q2 acc))) over [N, n], the float32
-    roundings of ``binary_linear``'s torch operations: the int32 sum exact, then two
+    """out = b + s (acc3 + 254 (254 acc1 + acc2)) over [N, n] from the int32 products
+    acc_p = y q_p [N, n], with the float32 roundings of ``binary_linear``'s torch
+    operations: the int32 sum exact, then two
     fused multiply-adds (torch's add with alpha and addcmul round once each; here the
     float64 product of two float32 values is exact, and the sum rounds to float64 and
     then to float32, which differs from one rounding only when the first lands exactly
