@@ -173,7 +173,8 @@ def usable(*ts: torch.Tensor) -> bool:
 
 
 def _usable(*ts: torch.Tensor) -> bool:
-    return usable(*ts) and not any(t.requires_grad for t in ts if torch.is_grad_enabled())
+    """``usable``, and no gradient to record (``layers.bernoulli`` wraps that case)."""
+    return usable(*ts) and not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
 
 
 def softplus_sum(a: torch.Tensor) -> torch.Tensor | None:

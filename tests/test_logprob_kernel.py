@@ -84,23 +84,25 @@ def test_other_layouts_dtypes_and_gradients_go_to_torch():
     assert torch.allclose(a.grad, (x - torch.sigmoid(a.detach())).expand_as(a))
 
 
-def test_layers_score_the_same_with_and_without_the_kernel(monkeypatch):
-    """An SBN layer's log_prob in each of its layouts, the kernel against the torch
-    operations (RWS_NUMBA=0)."""
+def test_layers_score_their_layouts_as_the_float64_definition():
+    """An SBN's layers through the kernel in each layout they hand it (value once per
+    point under K contexts, equal rows, the top prior's one row of logits, Q's logits
+    once per point under K samples) against the float64 definition on the same logits."""
     from rws import zoo
     torch.manual_seed(0)
     model = zoo.build("sbn:200", 784)
-    layer = model.p_layers[0]
+    p0, top, q0 = model.p_layers[0], model.p_layers[1], model.q_layers[0]
     x = (torch.rand(6, 784) < 0.2).float()
     h = (torch.rand(30, 200) < 0.5).float()
-    outs = {}
-    for numba in ("1", "0"):
-        monkeypatch.setenv("RWS_NUMBA", numba)
-        with torch.no_grad():
-            outs[numba] = [layer.log_prob(x, h), layer.log_prob(x.repeat_interleave(5, 0), h),
-                           model.p_layers[1].log_prob(h), model.q_layers[0].log_prob(h, x)]
-    for kernel, plain in zip(outs["1"], outs["0"]):
-        assert torch.allclose(kernel, plain, rtol=1e-6, atol=1e-3)
+    with torch.no_grad():
+        x5 = x.repeat_interleave(5, 0)
+        cases = [(p0.log_prob(x, h), _exact(p0.logits(h), x5)),
+                 (p0.log_prob(x5, h), _exact(p0.logits(h), x5)),
+                 (top.log_prob(h), _exact(top.logits(None), h)),
+                 (q0.log_prob(h, x), _exact(q0.logits(x).repeat_interleave(5, 0), h))]
+    for got, exact in cases:
+        assert got.shape == exact.shape
+        assert torch.allclose(got.double(), exact, rtol=1e-6, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape_a, shape_x", [((25, 5, 784), (25, 1, 784)),
