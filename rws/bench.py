@@ -413,6 +413,24 @@ def paired_ratio(a: Row, b: Row) -> tuple[float, float, float]:
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
+def step_split(small: Row, large: Row, b_small: int = 25, b_large: int = 100):
+    """(fixed seconds a step, seconds a point): the line t(B) = fixed + B per_point
+    through two rows' fastest steps at batch sizes b_small and b_large. An epoch at
+    b_small then takes (fixed / b_small + per_point) / (fixed / b_large + per_point)
+    times as long as one at b_large, so the ratio stays within a target T only while
+    fixed <= per_point b_small b_large (T - 1) / (b_large - T b_small): x1.3 for batch 25
+    against 100 allows 11.1 points' time of fixed cost a step (``fixed_allowed``)."""
+    per_point = (large.seconds_per_step - small.seconds_per_step) / (b_large - b_small)
+    return small.seconds_per_step - b_small * per_point, per_point
+
+
+def fixed_allowed(per_point: float, target: float = 1.3, b_small: int = 25,
+                  b_large: int = 100) -> float:
+    """The most fixed time a step may take for the b_small / b_large epoch-time ratio to
+    stay within ``target`` (``step_split``)."""
+    return per_point * b_small * b_large * (target - 1) / (b_large - target * b_small)
+
+
 def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None,
         repeats: int = 5) -> dict:
     """The bench table; ``only``: comma-separated substrings, the cases whose names hold
@@ -450,7 +468,7 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
             f"{r.gflop_per_step:10.3f} {r.gflops:8.1f} {r.fraction_of_matmul:9.1%} "
             f"{r.gsigmoid_per_step:10.4f} {r.fraction_of_floor:8.1%}")
     by_name = {r.case: r for r in rows}
-    batch_ratios, batch_ratios_paired = {}, {}
+    batch_ratios, batch_ratios_paired, step_splits = {}, {}, {}
     for small, large in BATCH_PAIRS:
         if small in by_name and large in by_name:
             model = small.replace(" B=25", "")
@@ -458,9 +476,13 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
             median, lo, hi = paired_ratio(by_name[small], by_name[large])
             batch_ratios[model] = ratio
             batch_ratios_paired[model] = {"median": median, "min": lo, "max": hi}
+            fixed, per_point = step_split(by_name[small], by_name[large])
+            step_splits[model] = {"fixed_seconds": fixed, "seconds_per_point": per_point,
+                                  "fixed_seconds_allowed_at_x1.3": fixed_allowed(per_point)}
             log(f"epoch time, batch 25 / batch 100, {model}: x{median:.2f} (median of the "
                 f"repeats paired turn by turn, x{lo:.2f}-{hi:.2f}; fastest against fastest "
-                f"x{ratio:.2f})")
+                f"x{ratio:.2f}); a step {fixed * 1e3:.2f} ms + {per_point * 1e6:.1f} us a "
+                f"point, where x1.3 allows {fixed_allowed(per_point) * 1e3:.2f} ms a step")
     kernel_speedups, of_dense_floor = {}, {}
     for case_name, loops in by_name.items():
         if case_name.endswith(TORCH_LOOPS) and case_name[:-len(TORCH_LOOPS)] in by_name:
@@ -489,7 +511,8 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
            "repeats": repeats,
            "matmul_gflops": peak, "rows": [asdict(r) for r in rows], "k_scaling": scaling,
            "batch25_over_batch100": batch_ratios,
-           "batch25_over_batch100_paired": batch_ratios_paired, "kernel_speedup": kernel_speedups,
+           "batch25_over_batch100_paired": batch_ratios_paired,
+           "batch_step_split": step_splits, "kernel_speedup": kernel_speedups,
            "kernel_of_torch_loops_floor": of_dense_floor}
     if pyro and device.type == "cpu" and not wanted:
         for key, dreams, what in (("pyro", 1, "100 dreams (the same work)"),

@@ -67,6 +67,21 @@ def test_paired_ratio_divides_the_repeats_of_each_turn_in_calibrated_time():
     assert bench.calibrated_seconds(a) / bench.calibrated_seconds(b) == pytest.approx(4.0)
 
 
+def test_step_split_is_the_line_through_the_two_batch_sizes():
+    # t(B) = 1 ms + 40 us B: 2 ms at batch 25, 5 ms at batch 100
+    small = bench._row("s", [2e-3], lambda dt: dt * 2000, 1e9, [100.0])
+    large = bench._row("l", [5e-3], lambda dt: dt * 500, 1e9, [100.0])
+    fixed, per_point = bench.step_split(small, large)
+    assert fixed == pytest.approx(1e-3) and per_point == pytest.approx(40e-6)
+    # the epoch-time ratio is exactly x1.3 at the allowed fixed cost, and above beyond it
+    def ratio(f, p):
+        return ((f + 25 * p) / 25) / ((f + 100 * p) / 100)
+    allowed = bench.fixed_allowed(per_point)
+    assert allowed == pytest.approx(per_point * 750 / 67.5)
+    assert ratio(allowed, per_point) == pytest.approx(1.3)
+    assert ratio(fixed, per_point) > 1.3 > ratio(0.9 * allowed, per_point)
+
+
 def test_run_pairs_the_batch_sizes_repeat_by_repeat():
     lines = []
     out = bench.run(quick=True, log=lines.append, only="rws sbn:200 K=5 B=", repeats=2)
@@ -78,6 +93,12 @@ def test_run_pairs_the_batch_sizes_repeat_by_repeat():
     assert paired == {"median": pytest.approx(sum(turns) / 2), "min": min(turns),
                       "max": max(turns)}
     assert any("median of the repeats paired turn by turn" in line for line in lines)
+    split = out["batch_step_split"]["rws sbn:200 K=5"]
+    by_case = {r["case"]: r["seconds_per_step"] for r in out["rows"]}
+    assert split["fixed_seconds"] + 25 * split["seconds_per_point"] == pytest.approx(
+        by_case["rws sbn:200 K=5 B=25"])
+    assert split["fixed_seconds"] + 100 * split["seconds_per_point"] == pytest.approx(
+        by_case["rws sbn:200 K=5 B=100"])
 
 
 def test_evaluation_flops_are_the_float32_products_of_the_proposals():
