@@ -154,7 +154,7 @@ def draw(shape, p: torch.Tensor, generator: torch.Generator | None,
         tail = u3.dtype.type(rng.TAIL_CELLS * 2.0 ** -24)
         m = ar_kernels.tail_search(u3.reshape(-1), tail, 1 - tail, idx)
         ut = u3.reshape(-1)[idx[:m]]
-    # V as rng.tail_uniforms draws it, so both paths consume the same numbers
-    v = torch.rand(m, generator=generator, dtype=torch.float64).numpy()
-    _refine(ut, c, x, idx[:m], v, logits is not None)
+    if m:   # V as rng.tail_uniforms draws it, so both paths consume the same numbers
+        v = torch.rand(m, generator=generator, dtype=torch.float64).numpy()
+        _refine(ut, c, x, idx[:m], v, logits is not None)
     return torch.from_numpy(x).view(shape)

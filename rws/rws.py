@@ -62,9 +62,10 @@ def wake_phi_loss(log_p: torch.Tensor, log_q: torch.Tensor,
     return _weighted(normalized_weights(log_p - log_q) if w is None else w, log_q)
 
 
-def log_px_estimate(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """log p^_K(x) = logsumexp_k(log w_k) - log K: [B, K] -> [B], detached."""
-    return (torch.logsumexp((log_p - log_q).detach(), dim=1) - math.log(log_p.shape[1]))
+def log_px_estimate(log_w: torch.Tensor) -> torch.Tensor:
+    """log p^_K(x) = logsumexp_k(log w_k) - log K from log w = log p - log q: [B, K] ->
+    [B], detached."""
+    return torch.logsumexp(log_w.detach(), dim=1) - math.log(log_w.shape[1])
 
 
 class RWS(Method):
@@ -98,11 +99,12 @@ class RWS(Method):
         n = self._dreams(x)     # the dreams first, then the proposals (as ``backward``)
         sleep = sleep_phi_loss(self.model, n, generator).mean() if n else 0.0
         log_p, log_q = self.model.log_joint(x, self.K, generator)    # [B, K] each
-        w = normalized_weights(log_p - log_q)                        # one softmax for both
+        log_w = (log_p - log_q).detach()
+        w = normalized_weights(log_w)                                # one softmax for both
         loss = wake_theta_loss(log_p, log_q, w).mean()
         if self.wake_q:
             loss = loss + wake_phi_loss(log_p, log_q, w).mean()
-        return loss + sleep, {"train_ll": log_px_estimate(log_p, log_q).mean()}
+        return loss + sleep, {"train_ll": log_px_estimate(log_w).mean()}
 
     def backward(self, x, generator=None, scale=1.0):
         """The gradient of ``loss``; for sigmoid belief networks in closed form, on the
@@ -112,10 +114,10 @@ class RWS(Method):
         n = self._dreams(x)
         dreams = self.model.sample_p(n, generator) if n else None
         props = sbn_gradients.propose(self.model, x, self.K, generator, dreams)
-        log_p, log_q = props.log_p, props.log_q
-        w = normalized_weights(log_p - log_q)
+        log_w = props.log_p - props.log_q                           # [B, K]
+        w = normalized_weights(log_w)
         sbn_gradients.add_wake_gradients(self.model, props, w, w if self.wake_q else None, scale)
         # the loss is finite unless a weight is NaN or +inf (log w = -inf counts for
         # nothing), and then so is the gradient (``rws.sbn_gradients``)
-        finite = (log_p - log_q < math.inf).all()
-        return finite, {"train_ll": log_px_estimate(log_p, log_q).mean()}
+        finite = (log_w < math.inf).all()
+        return finite, {"train_ll": log_px_estimate(log_w).mean()}
