@@ -361,13 +361,11 @@ _SIGMOIDS = {"float32": (_sigmoid32, np.float32), "float64": (_sigmoid64, np.flo
 
 def _for(dtype):
     """The kernels of a numpy dtype (float32 or float64), compiled on first use:
-    (walk, darn_sample, sparse_product, sparse_weight_grad). Looked up by the dtype
-    itself first: its name is a Python-level property of numpy's, 4 us a call."""
+    (walk, darn_sample, sparse_product, sparse_weight_grad). Keyed by the dtype itself:
+    its name is a Python-level property of numpy's, 4 us a call."""
     kernels = _kernels.get(dtype)
     if kernels is None:
-        name = np.dtype(dtype).name
-        kernels = _kernels[dtype] = _kernels.get(name) or _build(*_SIGMOIDS[name])
-        _kernels[name] = kernels
+        kernels = _kernels[dtype] = _build(*_SIGMOIDS[np.dtype(dtype).name])
     return kernels
 
 
@@ -375,9 +373,8 @@ def _backward_for(dtype, H: int):
     """NADE's backward kernel for a dtype and H hidden units, compiled on first use."""
     kernel = _kernels.get((dtype, H))
     if kernel is None:
-        name = np.dtype(dtype).name
-        kernel = _kernels.get((name, int(H))) or _build_backward(*_SIGMOIDS[name], int(H))
-        _kernels[(dtype, H)] = _kernels[(name, int(H))] = kernel
+        sigmoid, ftype = _SIGMOIDS[np.dtype(dtype).name]
+        kernel = _kernels[(dtype, H)] = _build_backward(sigmoid, ftype, int(H))
     return kernel
 
 
