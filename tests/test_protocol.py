@@ -176,6 +176,46 @@ def test_fused_adam_gives_loaded_moments_their_parameters_layout():
     assert torch.equal(transposed, contiguous)
 
 
+def test_fused_adam_steps_a_transposed_parameter_as_its_contiguous_twin(monkeypatch):
+    """A parameter stored transposed goes to the fused kernel as its contiguous permuted
+    view, with its gradient and moments alike: the same steps, bit for bit, as the same
+    values stored contiguously, on the fast path; so does a gradient of other strides
+    than its parameter's (torch's fused kernel pairs such entries wrongly)."""
+    torch_steps = []
+    adam_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step",
+                        lambda self, *a: torch_steps.append(1) or adam_step(self, *a))
+    gen = torch.Generator().manual_seed(1)
+    init = torch.randn(8, 16, generator=gen)   # (no scalar tail in the kernel's vector loop,
+    # whose last entries, which differ by layout, it rounds in another order)
+    plain = torch.nn.Parameter(init.clone())
+    transposed = torch.nn.Parameter(init.t().contiguous().t())
+    bias = torch.nn.Parameter(torch.randn(8, generator=gen))
+    twin_bias = torch.nn.Parameter(bias.detach().clone())
+    ours, ref = FusedAdam([transposed, bias], lr=0.05), FusedAdam([plain, twin_bias], lr=0.05)
+    for step in range(5):
+        g, gb = torch.randn(8, 16, generator=gen), torch.randn(8, generator=gen)
+        plain.grad, twin_bias.grad = g.clone(), gb.clone()
+        # the gradient in its parameter's layout, but row-major in step 3 and in the
+        # first step (which torch's own step takes, to create the state)
+        transposed.grad = g.clone() if step in (0, 3) else g.t().contiguous().t()
+        bias.grad = gb.clone()
+        ours.step()
+        ref.step()
+        assert torch.equal(transposed, plain) and torch.equal(bias, twin_bias)
+        assert torch.equal(ours.state[transposed]["exp_avg_sq"], ref.state[plain]["exp_avg_sq"])
+    assert not transposed.is_contiguous()
+    assert ours.state[transposed]["exp_avg"].stride() == transposed.stride()
+    assert ours._buffers[0][3] == [(1, 0), None]
+    assert len(torch_steps) == 2     # the first steps (they create the state) only
+    # (what the copy guards against: torch's fused step pairs such a gradient wrongly)
+    p, twin = (torch.nn.Parameter(t) for t in (init.t().contiguous().t(), init.clone()))
+    for param in (p, twin):
+        param.grad = g.clone()
+        torch.optim.Adam([param], lr=0.05, fused=True).step()
+    assert not torch.equal(p, twin)
+
+
 def test_ref_protocol_resolves_every_knob_and_explicit_settings_win():
     c = cfg(protocol="ref").resolved()
     assert (c.optimizer, c.sleep_interleave, c.min_epochs, c.patience, c.restore_best,
