@@ -30,7 +30,7 @@ import torch
 
 from rws import sbn_gradients
 from rws.errors import UserError
-from rws.methods import Method, sleep_phi_loss
+from rws.methods import Method, bounded_gradient, sleep_phi_loss
 
 
 def normalized_weights(log_w: torch.Tensor) -> torch.Tensor:
@@ -109,8 +109,9 @@ class RWS(Method):
     def backward(self, x, generator=None, scale=1.0):
         """The gradient of ``loss``; for sigmoid belief networks in closed form, on the
         same samples (``rws.sbn_gradients``)."""
-        if not sbn_gradients.supported(self.model):
-            return super().backward(x, generator, scale)
+        if not sbn_gradients.supported(self.model):    # autograd: NADE, clamped layers, ...
+            return super().backward(x, generator, scale,
+                                    check_gradient=not bounded_gradient(self.model))
         n = self._dreams(x)
         dreams = self.model.sample_p(n, generator) if n else None
         props = sbn_gradients.propose(self.model, x, self.K, generator, dreams)

@@ -200,6 +200,39 @@ def test_autograd_backward_reports_a_nonfinite_gradient_of_a_finite_loss():
     assert all(torch.equal(a, p) for a, p in zip(before, m.parameters()))
 
 
+@pytest.mark.parametrize("spec,bounded", [("nade[hidden=5]:4", True), ("sbn[clamp=1]:4-3", True),
+                                          ("sbn/nade[hidden=3]:4", True),
+                                          ("dsbn[hidden=5,act=tanh]:4", False), ("gauss:3", False)])
+def test_rws_checks_the_gradient_norm_only_where_a_finite_loss_does_not_bound_it(
+        spec, bounded, monkeypatch):
+    """RWS by autograd (NADE, clamped layers) skips the gradient-norm check where every
+    layer's gradient is bounded when the loss is finite (``methods.bounded_gradient``):
+    with parameters of order 1e6 (saturated units) it is finite when reported finite;
+    a NaN parameter makes the loss NaN, reported as such; deterministic MLPs and
+    Gaussians keep the check."""
+    norms = []
+    get_total_norm = torch.nn.utils.get_total_norm
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm",
+                        lambda grads: norms.append(1) or get_total_norm(grads))
+    model = tiny_model(spec, n_data=8, seed=1)
+    assert methods.bounded_gradient(model) is bounded
+    assert not sbn_gradients.supported(model)                   # (the autograd path)
+    if bounded:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1e6)
+    m = methods.build("rws", model, 4)
+    x = (torch.rand(16, 8, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    finite, _ = m.backward(x, torch.Generator().manual_seed(3))
+    assert bool(finite)
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+    assert len(norms) == (0 if bounded else 1)
+    with torch.no_grad():
+        next(model.p_layers[0].parameters()).view(-1)[0] = float("nan")
+    m.zero_grad()
+    assert not bool(m.backward(x, torch.Generator().manual_seed(3))[0])
+
+
 @pytest.mark.parametrize("spec", ["sbn:6-4-3", "darn:6-4-3"])
 @pytest.mark.parametrize("method,K", [("rws", 4), ("ws", 1), ("vimco", 4)])
 def test_closed_form_gradient_is_finite_when_reported_finite(method, K, spec):
