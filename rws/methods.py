@@ -120,9 +120,9 @@ def bounded_gradient(model) -> bool:
     gradients are sums of such terms times 0/1 inputs; NADE's dV and db are sums of
     them times sigmoids, bounded by the number of terms whatever the parameters; its
     dW, dc and conditioning weights' gradients multiply them by V as well and by
-    h (1 - h) <= 1/4. V moves by at most the learning rate times its own bounded
-    gradient a step, so V stays finite and these sums could overflow float32 only with
-    entries of V near 1e30. Other layers (deterministic MLPs, Gaussians) are checked."""
+    h (1 - h) <= 1/4. A step moves V by a bounded multiple of the learning rate times
+    its own bounded gradient, so V stays finite, and these sums could overflow float32
+    only with entries of V near 1e30. Other layers (deterministic MLPs, Gaussians) are checked."""
     from rws.layers import DARN, NADE, SBN, SBNTop      # (DARNTop, NADETop subclass these)
     return all(isinstance(layer, (SBN, SBNTop, DARN, NADE))
                for layer in (*model.p_layers, *model.q_layers))

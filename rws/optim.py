@@ -104,7 +104,8 @@ class FusedAdam(torch.optim.Adam):
 
     def _group_buffers(self, index: int, group: dict):
         """(exp_avgs, exp_avg_sqs, steps, orders) of a plain group whose state exists,
-        else None; the moments as ``_dense`` views, with each parameter's order."""
+        else None: each parameter's contiguous order (``_dense_order``), and the moments
+        viewed in it."""
         cached = self._buffers.get(index)
         states = [self.state.get(p) for p in group["params"]]
         if (cached is not None and len(states) == len(cached[4])
