@@ -158,6 +158,65 @@ def count_work(fn) -> Work:
     return counter.work
 
 
+PRODUCTS = ("mm", "addmm", "addmm_", "bmm", "baddbmm", "baddbmm_")
+
+
+class _ProductRecorder(TorchDispatchMode):
+    """The matrix products that run while it is active, each with copies of its operands
+    (their values and strides), so that ``replay`` runs the same products again alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket.__name__ in PRODUCTS:
+            copy = lambda t: (t.detach().clone(memory_format=torch.preserve_format)  # noqa: E731
+                              if isinstance(t, torch.Tensor) else t)
+            self.calls.append((func, [copy(a) for a in args],
+                               {k: copy(v) for k, v in kwargs.items()}))
+        return func(*args, **kwargs)
+
+    def replay(self) -> None:
+        for func, args, kwargs in self.calls:
+            func(*args, **kwargs)
+
+
+def _best_seconds(fn, device, calls: int, repeats: int) -> float:
+    """The fastest of ``repeats`` timings of ``calls`` calls of fn, a call's seconds."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        _sync(device)
+        best = min(best, (time.perf_counter() - t) / calls)
+    return best
+
+
+def time_arithmetic(case: Case, train_x, device="cpu", calls: int = 50, repeats: int = 7):
+    """The two parts of a training step that no removal of overhead makes cheaper: its
+    matrix products, replayed alone at their shapes, strides and values (recorded over
+    one step), and the optimiser's update. Returns (products, their seconds, their
+    FLOPs, the optimiser's seconds). On a copy of the case (``setup_case``), so that the
+    optimiser's repeated updates leave the timed one alone."""
+    _, method, opt, micro = setup_case(case, train_x, device)
+    g = torch.Generator(device=device).manual_seed(0)
+    B = case.batch_size
+    batches = [train_x[i * B:(i + 1) * B].to(device).float() for i in range(4)]
+    with _environ(case.env):
+        for x in batches[:3]:
+            train_step(method, opt, x, g, micro, case.grad_precision)
+        with _ProductRecorder() as products:
+            train_step(method, opt, batches[3], g, micro, case.grad_precision)
+    # the recorded step's update is the one timed: its gradients stay until the next step
+    flops = count_flops(products.replay)
+    return (len(products.calls), _best_seconds(products.replay, device, calls, repeats),
+            flops, _best_seconds(opt.step, device, calls, repeats))
+
+
 @dataclass
 class Case:
     name: str
@@ -391,6 +450,7 @@ TORCH_LOOPS = " torch loops"
 # kernels' speedup is printed, measured in the same run
 CASES += [Case(c.name + TORCH_LOOPS, c.method, c.model, c.K, c.batch_size, env={"RWS_NUMBA": "0"})
           for c in CASES if any(f in c.model for f in ("nade", "darn"))]
+CASE = {c.name: c for c in CASES}
 
 
 def _autoregressive(case: Case) -> bool:
@@ -429,6 +489,23 @@ def fixed_allowed(per_point: float, target: float = 1.3, b_small: int = 25,
     """The most fixed time a step may take for the b_small / b_large epoch-time ratio to
     stay within ``target`` (``step_split``)."""
     return per_point * b_small * b_large * (target - 1) / (b_large - target * b_small)
+
+
+def arithmetic_split(small: tuple, large: tuple, fixed: float, per_point: float,
+                     b_small: int = 25, b_large: int = 100) -> dict:
+    """``time_arithmetic`` at the two batch sizes against the step's line (``step_split``:
+    fixed + B per_point): the products' and the optimiser's own line, the epoch-time
+    ratio that they alone give, and the fixed time that x1.3 leaves the rest of the
+    step (sampling, log-probabilities, weights, Python and dispatch) with its per-point
+    time as it is."""
+    seconds = [s[1] + s[3] for s in (small, large)]
+    a_point = (seconds[1] - seconds[0]) / (b_large - b_small)
+    a_fixed = seconds[0] - b_small * a_point
+    return {"products": small[0], "gflop": [small[2] / 1e9, large[2] / 1e9],
+            "product_seconds": [small[1], large[1]], "optimizer_seconds": [small[3], large[3]],
+            "seconds": seconds, "epoch_ratio": seconds[0] * b_large / (seconds[1] * b_small),
+            "fixed_seconds": a_fixed, "seconds_per_point": a_point,
+            "rest_fixed_seconds_allowed": fixed_allowed(per_point) - a_fixed}
 
 
 def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None,
@@ -483,6 +560,16 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
                 f"repeats paired turn by turn, x{lo:.2f}-{hi:.2f}; fastest against fastest "
                 f"x{ratio:.2f}); a step {fixed * 1e3:.2f} ms + {per_point * 1e6:.1f} us a "
                 f"point, where x1.3 allows {fixed_allowed(per_point) * 1e3:.2f} ms a step")
+            step_splits[model]["arithmetic"] = arith = arithmetic_split(
+                *(time_arithmetic(CASE[name], train_x, device) for name in (small, large)),
+                fixed, per_point)
+            log(f"  its {arith['products']} matrix products and the optimiser alone, replayed: "
+                f"{arith['seconds'][0] * 1e3:.2f} ms a step at batch 25, "
+                f"{arith['seconds'][1] * 1e3:.2f} at batch 100 (epoch ratio "
+                f"x{arith['epoch_ratio']:.2f}; {arith['fixed_seconds'] * 1e3:.2f} ms + "
+                f"{arith['seconds_per_point'] * 1e6:.1f} us a point); x1.3 leaves the rest "
+                f"of the step {arith['rest_fixed_seconds_allowed'] * 1e3:.2f} ms a step, "
+                f"where it takes {(fixed - arith['fixed_seconds']) * 1e3:.2f}")
     kernel_speedups, of_dense_floor = {}, {}
     for case_name, loops in by_name.items():
         if case_name.endswith(TORCH_LOOPS) and case_name[:-len(TORCH_LOOPS)] in by_name:

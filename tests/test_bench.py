@@ -99,6 +99,21 @@ def test_run_pairs_the_batch_sizes_repeat_by_repeat():
         by_case["rws sbn:200 K=5 B=25"])
     assert split["fixed_seconds"] + 100 * split["seconds_per_point"] == pytest.approx(
         by_case["rws sbn:200 K=5 B=100"])
+    # the replayed products are the step's own: the FLOPs the row counted, in the five
+    # GEMMs of the closed form (Q on data and dreams, P on dreams and on the proposals,
+    # and one weight gradient per layer)
+    arith = split["arithmetic"]
+    gflop = {r["case"]: r["gflop_per_step"] for r in out["rows"]}
+    assert arith["products"] == 5
+    assert arith["gflop"] == [pytest.approx(gflop["rws sbn:200 K=5 B=25"]),
+                              pytest.approx(gflop["rws sbn:200 K=5 B=100"])]
+    assert arith["seconds"] == [p + o for p, o in zip(arith["product_seconds"],
+                                                      arith["optimizer_seconds"])]
+    assert arith["fixed_seconds"] + 25 * arith["seconds_per_point"] == pytest.approx(
+        arith["seconds"][0])
+    assert arith["rest_fixed_seconds_allowed"] == pytest.approx(
+        bench.fixed_allowed(split["seconds_per_point"]) - arith["fixed_seconds"])
+    assert any("matrix products and the optimiser alone" in line for line in lines)
 
 
 def test_evaluation_flops_are_the_float32_products_of_the_proposals():
