@@ -27,6 +27,14 @@ evaluations, sigmoid, exp, log, ...) and divides by rates measured in the same p
 
 a time no implementation of the same arithmetic beats on this machine; each row prints
 its step time as a fraction of it.
+
+The batch-25 and batch-100 steps of a model give a line, a fixed time a step plus a time
+a point, and an epoch-time ratio between the two batch sizes. Beside it stand the parts
+of the step that no removal of overhead shortens (``time_arithmetic``): its matrix
+products replayed alone at their own shapes, and the optimiser's update, whose cost is
+a pass over every parameter and its moments, a fixed time a step that the floor above
+does not count. The ratio these alone give, and the fixed time that a target ratio
+leaves the rest of the step, say how far any implementation of the step can go.
 """
 from __future__ import annotations
 
@@ -196,12 +204,27 @@ def _best_seconds(fn, device, calls: int, repeats: int) -> float:
     return best
 
 
-def time_arithmetic(case: Case, train_x, device="cpu", calls: int = 50, repeats: int = 7):
+@dataclass
+class StepArithmetic:
+    """A step's matrix products replayed alone and its optimiser's update alone
+    (``time_arithmetic``)."""
+    products: int                  # how many matrix products one step runs
+    product_seconds: float         # all of them, replayed
+    gflop: float                   # their FLOPs, 1e9
+    optimizer_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.product_seconds + self.optimizer_seconds
+
+
+def time_arithmetic(case: "Case", train_x, device="cpu", calls: int = 50,
+                    repeats: int = 7) -> StepArithmetic:
     """The two parts of a training step that no removal of overhead makes cheaper: its
     matrix products, replayed alone at their shapes, strides and values (recorded over
-    one step), and the optimiser's update. Returns (products, their seconds, their
-    FLOPs, the optimiser's seconds). On a copy of the case (``setup_case``), so that the
-    optimiser's repeated updates leave the timed one alone."""
+    one step), and the optimiser's update, each the fastest of ``repeats`` timings. On a
+    copy of the case (``setup_case``), so that the optimiser's repeated updates leave
+    the timed one alone."""
     _, method, opt, micro = setup_case(case, train_x, device)
     g = torch.Generator(device=device).manual_seed(0)
     B = case.batch_size
@@ -212,9 +235,10 @@ def time_arithmetic(case: Case, train_x, device="cpu", calls: int = 50, repeats:
         with _ProductRecorder() as products:
             train_step(method, opt, batches[3], g, micro, case.grad_precision)
     # the recorded step's update is the one timed: its gradients stay until the next step
-    flops = count_flops(products.replay)
-    return (len(products.calls), _best_seconds(products.replay, device, calls, repeats),
-            flops, _best_seconds(opt.step, device, calls, repeats))
+    return StepArithmetic(len(products.calls),
+                          _best_seconds(products.replay, device, calls, repeats),
+                          count_flops(products.replay) / 1e9,
+                          _best_seconds(opt.step, device, calls, repeats))
 
 
 @dataclass
@@ -491,18 +515,19 @@ def fixed_allowed(per_point: float, target: float = 1.3, b_small: int = 25,
     return per_point * b_small * b_large * (target - 1) / (b_large - target * b_small)
 
 
-def arithmetic_split(small: tuple, large: tuple, fixed: float, per_point: float,
-                     b_small: int = 25, b_large: int = 100) -> dict:
+def arithmetic_split(small: StepArithmetic, large: StepArithmetic, fixed: float,
+                     per_point: float, b_small: int = 25, b_large: int = 100) -> dict:
     """``time_arithmetic`` at the two batch sizes against the step's line (``step_split``:
     fixed + B per_point): the products' and the optimiser's own line, the epoch-time
     ratio that they alone give, and the fixed time that x1.3 leaves the rest of the
     step (sampling, log-probabilities, weights, Python and dispatch) with its per-point
     time as it is."""
-    seconds = [s[1] + s[3] for s in (small, large)]
+    seconds = [small.seconds, large.seconds]
     a_point = (seconds[1] - seconds[0]) / (b_large - b_small)
     a_fixed = seconds[0] - b_small * a_point
-    return {"products": small[0], "gflop": [small[2] / 1e9, large[2] / 1e9],
-            "product_seconds": [small[1], large[1]], "optimizer_seconds": [small[3], large[3]],
+    return {"products": small.products, "gflop": [small.gflop, large.gflop],
+            "product_seconds": [small.product_seconds, large.product_seconds],
+            "optimizer_seconds": [small.optimizer_seconds, large.optimizer_seconds],
             "seconds": seconds, "epoch_ratio": seconds[0] * b_large / (seconds[1] * b_small),
             "fixed_seconds": a_fixed, "seconds_per_point": a_point,
             "rest_fixed_seconds_allowed": fixed_allowed(per_point) - a_fixed}
