@@ -1,6 +1,8 @@
 """asv benchmarks: one training epoch on a fixed 2,000-point subset of binarized MNIST,
 evaluation throughput, peak memory, and the fraction of the machine's matmul rate
-(method x model x K). Run: ``asv run --python=same --quick`` (see tox -e bench)."""
+(method x model x K); epochs at the paper's batch 25 against 100 for SBN, DARN and NADE
+models, and the ratio of the two measured in one run. Run: ``asv run --python=same
+--quick`` (see tox -e bench)."""
 import torch
 
 from rws import allocator, bench, estimate, zoo
@@ -61,6 +63,57 @@ class TrainEpoch:
         return row.fraction_of_matmul
 
     track_fraction_of_matmul.unit = "fraction"
+
+
+class TrainEpochBatch:
+    """Seconds of one epoch over a fixed 500-point subset at the paper's batch 25 and at
+    100, one thread, RWS K = 5: SBN 200 (step overhead) and the autoregressive models
+    (unit loops), the batch pairs of ``rws bench``."""
+
+    params = (["sbn:200", "darn:200", "nade:200"], [25, 100])
+    param_names = ["model", "batch"]
+    timeout = 600
+    points = 500
+
+    def setup(self, model, batch):
+        torch.set_num_threads(1)
+        self.x = mnist("train")[:self.points].float()
+        self.batch = batch
+        case = bench.Case("", "rws", model, 5, batch)
+        _, self.method, self.opt, self.micro = bench.setup_case(case, self.x)
+        self.g = torch.Generator().manual_seed(0)
+        self._epoch()            # compiles and warms the kernels outside the timing
+
+    def _epoch(self):
+        for i in range(0, self.points, self.batch):
+            train_step(self.method, self.opt, self.x[i:i + self.batch], self.g, self.micro)
+
+    def time_epoch(self, model, batch):
+        self._epoch()
+
+
+class BatchRatio:
+    """A batch-25 epoch over a batch-100 epoch (one thread, RWS K = 5), the two taken in
+    turns in one process and paired turn by turn (``rws.bench.paired_ratio``), so that
+    the machine's speed cancels out; `rws bench` prints it with its fixed and per-point
+    parts."""
+
+    params = (["sbn:200", "darn:200", "nade:200"],)
+    param_names = ["model"]
+    timeout = 600
+
+    def setup(self, model):
+        torch.set_num_threads(1)
+        self.x = mnist("train")
+
+    def track_batch25_over_batch100(self, model):
+        cases = [bench.Case(f"B={b}", "rws", model, 5, b) for b in (25, 100)]
+        steps = 40 if model == "sbn:200" else 8
+        small, large = bench.time_trainings(
+            cases, self.x, lambda: bench.matmul_rate(seconds=0.1), steps=steps, repeats=3)
+        return bench.paired_ratio(small, large)[0]
+
+    track_batch25_over_batch100.unit = "ratio"
 
 
 class Evaluate:
