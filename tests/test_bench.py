@@ -116,6 +116,28 @@ def test_run_pairs_the_batch_sizes_repeat_by_repeat():
     assert any("matrix products and the optimiser alone" in line for line in lines)
 
 
+def test_replayed_products_keep_their_operands_layouts_and_values():
+    """The replay runs the GEMMs MKL saw: a transposed operand stays transposed (a copy
+    in the contiguous layout would time another kernel), out= products write their own
+    copy, and other operations are not recorded."""
+    torch.manual_seed(0)
+    a, w, bias = torch.randn(5, 7), torch.randn(3, 7), torch.randn(3)
+    out = torch.empty(5, 3)
+    with bench._ProductRecorder() as rec:
+        y = torch.addmm(bias, a, w.t())                 # a w^T + bias, w^T a view
+        torch.mm(a, w.t(), out=out)
+        torch.sigmoid(y)
+    assert len(rec.calls) == 2
+    (_, args, _), (_, args2, kwargs2) = rec.calls
+    assert args[2].stride() == w.t().stride() == (1, 7)
+    assert [t.data_ptr() for t in args] != [bias.data_ptr(), a.data_ptr(), w.data_ptr()]
+    assert kwargs2["out"].data_ptr() != out.data_ptr()
+    out.zero_()
+    rec.replay()
+    assert out.abs().sum() == 0                          # the original out untouched
+    torch.testing.assert_close(kwargs2["out"], a @ w.t())
+
+
 def test_evaluation_flops_are_the_float32_products_of_the_proposals():
     """Q_0 once per point, P_0 once per proposal, and the data term's x W (once per
     point) and its matrix-vector product with each proposal; the int8 path is counted
