@@ -595,6 +595,13 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
                 f"{arith['seconds_per_point'] * 1e6:.1f} us a point); x1.3 leaves the rest "
                 f"of the step {arith['rest_fixed_seconds_allowed'] * 1e3:.2f} ms a step, "
                 f"where it takes {(fixed - arith['fixed_seconds']) * 1e3:.2f}")
+            # the floor over the products and the optimiser alone: the most of the floor
+            # that a step doing this arithmetic and nothing else reaches
+            arith["of_floor_alone"] = [by_name[name].floor_seconds / t
+                                       for name, t in zip((small, large), arith["seconds"])]
+            log(f"  the products and the optimiser alone are at "
+                f"{arith['of_floor_alone'][0]:.1%} (batch 25) and "
+                f"{arith['of_floor_alone'][1]:.1%} (batch 100) of the step's floor")
     kernel_speedups, of_dense_floor = {}, {}
     for case_name, loops in by_name.items():
         if case_name.endswith(TORCH_LOOPS) and case_name[:-len(TORCH_LOOPS)] in by_name:

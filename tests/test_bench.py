@@ -114,6 +114,10 @@ def test_run_pairs_the_batch_sizes_repeat_by_repeat():
     assert arith["rest_fixed_seconds_allowed"] == pytest.approx(
         bench.fixed_allowed(split["seconds_per_point"]) - arith["fixed_seconds"])
     assert any("matrix products and the optimiser alone" in line for line in lines)
+    floors = {r["case"]: r["floor_seconds"] for r in out["rows"]}
+    assert arith["of_floor_alone"] == [
+        pytest.approx(floors["rws sbn:200 K=5 B=25"] / arith["seconds"][0]),
+        pytest.approx(floors["rws sbn:200 K=5 B=100"] / arith["seconds"][1])]
 
 
 def test_replayed_products_keep_their_operands_layouts_and_values():
