@@ -169,6 +169,13 @@ def count_work(fn) -> Work:
 PRODUCTS = ("mm", "addmm", "addmm_", "bmm", "baddbmm", "baddbmm_")
 
 
+def _operand_copy(t):
+    """A tensor operand copied with its strides (a transposed view stays transposed)."""
+    if isinstance(t, torch.Tensor):
+        return t.detach().clone(memory_format=torch.preserve_format)
+    return t
+
+
 class _ProductRecorder(TorchDispatchMode):
     """The matrix products that run while it is active, each with copies of its operands
     (their values and strides), so that ``replay`` runs the same products again alone."""
@@ -180,10 +187,8 @@ class _ProductRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.overloadpacket.__name__ in PRODUCTS:
-            copy = lambda t: (t.detach().clone(memory_format=torch.preserve_format)  # noqa: E731
-                              if isinstance(t, torch.Tensor) else t)
-            self.calls.append((func, [copy(a) for a in args],
-                               {k: copy(v) for k, v in kwargs.items()}))
+            self.calls.append((func, [_operand_copy(a) for a in args],
+                               {k: _operand_copy(v) for k, v in kwargs.items()}))
         return func(*args, **kwargs)
 
     def replay(self) -> None:
@@ -504,8 +509,13 @@ def step_split(small: Row, large: Row, b_small: int = 25, b_large: int = 100):
     times as long as one at b_large, so the ratio stays within a target T only while
     fixed <= per_point b_small b_large (T - 1) / (b_large - T b_small): x1.3 for batch 25
     against 100 allows 11.1 points' time of fixed cost a step (``fixed_allowed``)."""
-    per_point = (large.seconds_per_step - small.seconds_per_step) / (b_large - b_small)
-    return small.seconds_per_step - b_small * per_point, per_point
+    return line_through(small.seconds_per_step, large.seconds_per_step, b_small, b_large)
+
+
+def line_through(t_small: float, t_large: float, b_small: int = 25, b_large: int = 100):
+    """(fixed, per point) of the line t(B) = fixed + B per_point through two step times."""
+    per_point = (t_large - t_small) / (b_large - b_small)
+    return t_small - b_small * per_point, per_point
 
 
 def fixed_allowed(per_point: float, target: float = 1.3, b_small: int = 25,
@@ -523,14 +533,13 @@ def arithmetic_split(small: StepArithmetic, large: StepArithmetic, fixed: float,
     step (sampling, log-probabilities, weights, Python and dispatch) with its per-point
     time as it is."""
     seconds = [small.seconds, large.seconds]
-    a_point = (seconds[1] - seconds[0]) / (b_large - b_small)
-    a_fixed = seconds[0] - b_small * a_point
+    a_fixed, a_point = line_through(*seconds, b_small, b_large)
     return {"products": small.products, "gflop": [small.gflop, large.gflop],
             "product_seconds": [small.product_seconds, large.product_seconds],
             "optimizer_seconds": [small.optimizer_seconds, large.optimizer_seconds],
             "seconds": seconds, "epoch_ratio": seconds[0] * b_large / (seconds[1] * b_small),
             "fixed_seconds": a_fixed, "seconds_per_point": a_point,
-            "rest_fixed_seconds_allowed": fixed_allowed(per_point) - a_fixed}
+            "rest_fixed_seconds_allowed": fixed_allowed(per_point, 1.3, b_small, b_large) - a_fixed}
 
 
 def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None,

@@ -99,25 +99,28 @@ def test_run_pairs_the_batch_sizes_repeat_by_repeat():
         by_case["rws sbn:200 K=5 B=25"])
     assert split["fixed_seconds"] + 100 * split["seconds_per_point"] == pytest.approx(
         by_case["rws sbn:200 K=5 B=100"])
-    # the replayed products are the step's own: the FLOPs the row counted, in the five
-    # GEMMs of the closed form (Q on data and dreams, P on dreams and on the proposals,
-    # and one weight gradient per layer)
+    # the replayed products are the step's own: the five GEMMs of the closed form (Q on
+    # data and dreams, P on dreams and on the proposals, one weight gradient per layer),
+    # with the hand count's FLOPs
     arith = split["arithmetic"]
-    gflop = {r["case"]: r["gflop_per_step"] for r in out["rows"]}
     assert arith["products"] == 5
-    assert arith["gflop"] == [pytest.approx(gflop["rws sbn:200 K=5 B=25"]),
-                              pytest.approx(gflop["rws sbn:200 K=5 B=100"])]
-    assert arith["seconds"] == [p + o for p, o in zip(arith["product_seconds"],
-                                                      arith["optimizer_seconds"])]
-    assert arith["fixed_seconds"] + 25 * arith["seconds_per_point"] == pytest.approx(
-        arith["seconds"][0])
-    assert arith["rest_fixed_seconds_allowed"] == pytest.approx(
-        bench.fixed_allowed(split["seconds_per_point"]) - arith["fixed_seconds"])
+    assert arith["gflop"] == [pytest.approx(minimal_rws_flops([784, 200], B, 5) / 1e9)
+                              for B in (25, 100)]
     assert any("matrix products and the optimiser alone" in line for line in lines)
-    floors = {r["case"]: r["floor_seconds"] for r in out["rows"]}
-    assert arith["of_floor_alone"] == [
-        pytest.approx(floors["rws sbn:200 K=5 B=25"] / arith["seconds"][0]),
-        pytest.approx(floors["rws sbn:200 K=5 B=100"] / arith["seconds"][1])]
+
+
+def test_arithmetic_split_is_the_line_of_the_products_and_the_optimiser():
+    # products 0.6 / 2.1 ms and the optimiser 0.4 ms at batch 25 / 100: 0.5 ms + 20 us a
+    # point; alone an epoch ratio of (1.0 / 25) / (2.5 / 100) = x1.6
+    small = bench.StepArithmetic(5, 0.6e-3, 0.1, 0.4e-3)
+    large = bench.StepArithmetic(5, 2.1e-3, 0.4, 0.4e-3)
+    # the whole step 1 ms + 40 us a point: x1.3 allows 40e-6 * 750 / 67.5 = 0.444 ms
+    arith = bench.arithmetic_split(small, large, 1e-3, 40e-6)
+    assert arith["seconds"] == [pytest.approx(1.0e-3), pytest.approx(2.5e-3)]
+    assert arith["fixed_seconds"] == pytest.approx(0.5e-3)
+    assert arith["seconds_per_point"] == pytest.approx(20e-6)
+    assert arith["epoch_ratio"] == pytest.approx(1.6)
+    assert arith["rest_fixed_seconds_allowed"] == pytest.approx(40e-6 * 750 / 67.5 - 0.5e-3)
 
 
 def test_replayed_products_keep_their_operands_layouts_and_values():

@@ -22,6 +22,12 @@ def mnist(split):
     return _DATA[split]
 
 
+def epoch(method, opt, x, batch, g, micro):
+    """One training epoch over x in minibatches of ``batch``."""
+    for i in range(0, x.shape[0], batch):
+        train_step(method, opt, x[i:i + batch], g, micro)
+
+
 def fits(method, latents, K):
     """The combinations worth timing: single-sample methods at K=1, multi-sample ones at
     K>1, reparameterised methods on Gaussian latents only."""
@@ -48,8 +54,7 @@ class TrainEpoch:
         self.g = torch.Generator().manual_seed(0)
 
     def _epoch(self):
-        for i in range(0, SUBSET, BATCH):
-            train_step(self.method, self.opt, self.x[i:i + BATCH], self.g, self.micro)
+        epoch(self.method, self.opt, self.x, BATCH, self.g, self.micro)
 
     def time_epoch(self, method, latents, K):
         self._epoch()
@@ -85,8 +90,7 @@ class TrainEpochBatch:
         self._epoch()            # compiles and warms the kernels outside the timing
 
     def _epoch(self):
-        for i in range(0, self.points, self.batch):
-            train_step(self.method, self.opt, self.x[i:i + self.batch], self.g, self.micro)
+        epoch(self.method, self.opt, self.x, self.batch, self.g, self.micro)
 
     def time_epoch(self, model, batch):
         self._epoch()
