@@ -53,6 +53,36 @@ def test_logits_and_gradients_match_the_vectorised_definition(path, dtype, densi
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sampled", [False, True])
+def test_walk_saves_a_where_the_backward_pass_restarts(dtype, sampled):
+    """The forward pass and the sampler save a_i = c + sum_{m<i} x_m W_m at units 0, 64,
+    128 and a_D (the backward pass starts from them); without ``keep`` they save nothing
+    and give the same logits and draws."""
+    from rws import ar_kernels
+    g = torch.Generator().manual_seed(3)
+    R, D, H = 11, 150, 5
+    x = torch.bernoulli(torch.full((R, D), 0.3), generator=g).to(dtype)
+    b, c = torch.randn(R, D, generator=g, dtype=dtype), torch.randn(R, H, generator=g, dtype=dtype)
+    W, VT = (0.3 * torch.randn(D, H, generator=g, dtype=dtype) for _ in range(2))
+    uT = torch.rand(D, R, generator=g, dtype=dtype)
+    arrays = [t.numpy() for t in (b, c, W, VT)]
+    if sampled:
+        run = lambda keep: ar_kernels.sample(*arrays, uT.numpy(), False, None, keep)
+        x_kept, s_kept, saved = run(True)
+        x_, s, empty = run(False)
+        assert np.array_equal(x_kept, x_)
+        x = torch.from_numpy(x_kept)
+    else:
+        run = lambda keep: ar_kernels.forward(x.numpy(), *arrays, keep)
+        (s_kept, saved), (s, empty) = run(True), run(False)
+    assert empty.size == 0 and np.array_equal(s_kept, s)
+    want = [c + x[:, :i] @ W[:i] for i in (0, 64, 128, D)]
+    assert saved.shape == (len(want), R, H)
+    for got, w in zip(torch.from_numpy(saved), want):
+        assert torch.allclose(got, w, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.2, 1.0])
 @pytest.mark.parametrize("n_out", [None, 23])
 def test_sparse_kernels_match_the_products(dtype, density, n_out):

@@ -269,8 +269,9 @@ def test_floor_divides_each_count_by_its_rate():
 @pytest.mark.skipif(not ar_kernels.available(), reason="the compiled kernels are off")
 def test_work_counts_what_the_compiled_ar_kernels_do():
     """The kernels skip the rank-1 update where x_i = 0: R D H dot products, and an
-    update of H per nonzero x_i; the backward pass runs the updates up and down again,
-    one more per nonzero x_i (dW), and two H-vector updates per nonzero g_i. They
+    update of H per nonzero x_i; the backward pass runs the updates down again (from a_D,
+    which the forward pass saved), one more per nonzero x_i (dW), two H-vector updates
+    per nonzero g_i (dV and the run's sum e), and d += h (1 - h) e once per run. They
     evaluate the H hidden sigmoids once per row and again only where a changed: after
     each x_i = 1 that feeds a later unit (forward); walking down, at each x_i = 1 below
     the last unit and at each re-anchoring (unit 0 here, D < 64)."""
@@ -286,7 +287,8 @@ def test_work_counts_what_the_compiled_ar_kernels_do():
     assert work == bench.Work(0, 2 * R * D * H + 2 * nnz * H, evaluations_up * H + R * D)
     grad = bench.count_work(lambda: nade.log_prob(x).sum().backward())
     # backward: g = dL/ds = x - sigmoid(s) is nonzero everywhere
-    assert grad.vector_flops == work.vector_flops + 6 * nnz * H + 4 * R * D * H
     evaluations_down = R + R + int(x[:, 1:D - 1].count_nonzero())
+    assert grad.vector_flops == (work.vector_flops + 4 * nnz * H + 4 * R * D * H
+                                 + 2 * evaluations_down * H)
     # the log-probability's R D exponentials once: its backward reuses their sigmoids
     assert grad.transcendentals == (evaluations_up + evaluations_down) * H + R * D

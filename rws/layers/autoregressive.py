@@ -212,15 +212,20 @@ class NADELogits(torch.autograd.Function):
     anchor = 64
 
     @staticmethod
-    def forward(ctx, x, b, c, W, V, known=None):
-        """``known``: the logits, already computed (by the sampler that drew x)."""
+    def forward(ctx, x, b, c, W, V, known=None, keep=True):
+        """``known``: (the logits, a's saved values), already computed by the sampler
+        that drew x. ``keep``: save a for the backward pass (False: no backward pass
+        will run, as under torch.no_grad)."""
         if _use_kernels(b):
-            ctx.save_for_backward(x, c, W, V)
             ctx.kernel = True
             if known is not None:
-                return known.clone()
-            return torch.from_numpy(ar_kernels.forward(
-                *_arrays(x, b, c, W), _arrays(V.t())[0]))
+                s, saved = known
+                s = s.clone()
+            else:
+                s, saved = map(torch.from_numpy, ar_kernels.forward(
+                    *_arrays(x, b, c, W), _arrays(V.t())[0], keep))
+            ctx.save_for_backward(x, saved, W, V)
+            return s
         ctx.kernel = False
         R, D = x.shape
         xT, VT = x.t().contiguous(), V.t().contiguous()     # [D, R], [D, H]: unit i is a row
@@ -238,10 +243,10 @@ class NADELogits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         if ctx.kernel:
-            x, c, W, V = ctx.saved_tensors
-            dc, dW, dVT = ar_kernels.backward(*_arrays(x, c, W, V.t(), g))
+            x, saved, W, V = ctx.saved_tensors
+            dc, dW, dVT = ar_kernels.backward(*_arrays(x, saved, W, V.t(), g))
             return (None, g, torch.from_numpy(dc), torch.from_numpy(dW),
-                    torch.from_numpy(dVT).t(), None)
+                    torch.from_numpy(dVT).t(), None, None)
         x, W, V, a, *saved = ctx.saved_tensors
         R, D = x.shape
         xT, gT, VT = x.t().contiguous(), g.t().contiguous(), V.t().contiguous()
@@ -258,7 +263,7 @@ class NADELogits(torch.autograd.Function):
             dV[:, i] = torch.mv(h.t(), gT[i])
             hp = torch.addcmul(h, h, h, value=-1).mul_(gT[i][:, None])   # g_i h (1 - h)
             d.addcmul_(hp, VT[i])                  # += (g_i V[:, i]) * h (1 - h)
-        return None, g, d, dW, dV, None
+        return None, g, d, dW, dV, None, None
 
 
 class NADE(nn.Module):
@@ -298,21 +303,22 @@ class NADE(nn.Module):
         nx, ny = _repeats(x, y)
         x = repeat_rows(x, nx)
         b, c = self._biases(y, ny)
-        logits = NADELogits.apply(x, b, c, self.W, self.V)
+        logits = NADELogits.apply(x, b, c, self.W, self.V, None, torch.is_grad_enabled())
         return bernoulli_log_prob(logits, x, self.clamp)
 
     def sample(self, y, n=1, generator=None, score=True):
         if _use_kernels(self.W):
-            with torch.set_grad_enabled(score and torch.is_grad_enabled()):
+            keep = score and torch.is_grad_enabled()       # a backward pass may follow
+            with torch.set_grad_enabled(keep):
                 b, c = self._biases(y, n)      # [N*n, n_x], [N*n, H]; graphs kept to score
             with torch.no_grad():
                 u = rng.uniform((self.n_x, b.shape[0]), generator, b.device, b.dtype)
-                x, s = map(torch.from_numpy, ar_kernels.sample(
+                x, s, saved = map(torch.from_numpy, ar_kernels.sample(
                     *_arrays(b, c, self.W, self.V.t(), u), self.clamp,
-                    _tail_v(generator)))
+                    _tail_v(generator), keep))
             if not score:
                 return x, None
-            logits = NADELogits.apply(x, b, c, self.W, self.V, s)      # s: no rerun
+            logits = NADELogits.apply(x, b, c, self.W, self.V, (s, saved), keep)  # no rerun
             return x, bernoulli_log_prob(logits, x, self.clamp)
         with torch.no_grad():
             b, c = self._biases(y, n)
