@@ -129,76 +129,9 @@ def _sigmoid64(a):
     return 1.0 / (1.0 + np.exp(-a))
 
 
-def _build(sigmoid, ftype):
-    """The kernels around one sigmoid (float32's or float64's). NADE's walk the
-    rows in blocks of ``BLOCK``: unit i's weights (W[i], VT[i], and dW[i], dVT[i] in
-    the backward pass) are loaded once per block instead of once per row."""
-    sigmoid = _inline(sigmoid)
+def _build(ftype):
+    """DARN's sampler and the sparse products, for one scalar type (float32 or float64)."""
     zero, one = ftype(0), ftype(1)
-
-    @_jit
-    def _dot8(v, h, out):
-        """out[j] = v . h[j] for the 8 rows of h [8, H], v read once (one pass, eight
-        accumulators, no stores in the loop: it vectorises)."""
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
-        for k in range(v.shape[0]):
-            vk = v[k]
-            a0 += vk * h[0, k]
-            a1 += vk * h[1, k]
-            a2 += vk * h[2, k]
-            a3 += vk * h[3, k]
-            a4 += vk * h[4, k]
-            a5 += vk * h[5, k]
-            a6 += vk * h[6, k]
-            a7 += vk * h[7, k]
-        out[0], out[1], out[2], out[3] = a0, a1, a2, a3
-        out[4], out[5], out[6], out[7] = a4, a5, a6, a7
-
-    @_jit
-    def walk(b, c, W, VT, tT, draw, x, s, saved):
-        """The logits s of x, unit by unit: x given, or (draw) each x_i drawn from its
-        logit as [s_i > t_i] (``draw_thresholds``) before it feeds the later units.
-        h = sigmoid(a) is evaluated again only after a unit x_i != 0 has changed a.
-        Unless ``saved`` is empty, a_i at every ``ANCHOR``-th unit and a_D go there
-        (``saved_shape``), for the backward pass."""
-        R, D = b.shape
-        H = c.shape[1]
-        keep = saved.shape[0] > 0
-        a, h = np.empty((BLOCK, H), c.dtype), np.empty((BLOCK, H), c.dtype)
-        stale = np.empty(BLOCK, np.bool_)
-        acc = np.empty(BLOCK, c.dtype)
-        for r0 in range(0, R, BLOCK):
-            rows = min(BLOCK, R - r0)
-            a[:rows] = c[r0:r0 + rows]
-            stale[:] = True
-            for i in range(D):
-                if keep and i % ANCHOR == 0:
-                    saved[i // ANCHOR, r0:r0 + rows] = a[:rows]
-                for j in range(rows):
-                    if stale[j]:
-                        for k in range(H):
-                            h[j, k] = sigmoid(a[j, k])
-                        stale[j] = False
-                if rows == BLOCK:                       # sigmoid(a_i) . V[:, i], 8 rows
-                    _dot8(VT[i], h, acc)                # at once: VT[i] is read once
-                else:
-                    for j in range(rows):
-                        t = zero
-                        for k in range(H):
-                            t += VT[i, k] * h[j, k]
-                        acc[j] = t
-                for j in range(rows):
-                    logit = b[r0 + j, i] + acc[j]
-                    s[r0 + j, i] = logit
-                    if draw:
-                        x[r0 + j, i] = one if logit > tT[i, r0 + j] else zero
-                    xi = x[r0 + j, i]
-                    if xi != 0:
-                        for k in range(H):
-                            a[j, k] += xi * W[i, k]
-                        stale[j] = True
-            if keep:
-                saved[-1, r0:r0 + rows] = a[:rows]
 
     @_jit
     def darn_sample(base, W, tT, x, auto):
@@ -268,25 +201,93 @@ def _build(sigmoid, ftype):
                 for k in range(start, np.uint64(G.shape[1])):
                     dW[i, k] += xi * G[m, k]
 
-    return walk, darn_sample, sparse_product, sparse_weight_grad
+    return darn_sample, sparse_product, sparse_weight_grad
 
 
-def _build_backward(sigmoid, ftype, HC):
-    """NADE's backward pass for layers of HC hidden units. With the row length a
-    compile-time constant, the updates of the eight rows of a block vectorise in one
-    pass over unit i's weights; with it a runtime value (or the row arrays passed in from
-    outside, as a helper's arguments) LLVM gives up on the alias checks of eight rows
-    and runs it scalar, several times slower. numba's cache keys a closure by the values
-    it closes over, so each HC is its own entry.
+def _build_nade(sigmoid, ftype, HC):
+    """NADE's kernels, the walk (logits and sampler) and the backward pass, for layers of
+    HC hidden units. They walk the rows in blocks of ``BLOCK``: unit i's weights (W[i],
+    VT[i], and dW[i], dVT[i] in the backward pass) are loaded once per block instead of
+    once per row. With the row length a compile-time constant, the updates of the eight
+    rows of a block vectorise in one pass over unit i's weights; with it a runtime value
+    (or the row arrays passed in from outside, as a helper's arguments) LLVM gives up on
+    the alias checks of eight rows and runs them scalar, several times slower; and the
+    vector loops over 200 units end in one short vector step instead of a scalar
+    remainder (the logits of 125 MNIST rows 1.81-1.86 -> 1.73-1.75 ms, of a 200-unit
+    h-layer 1.20-1.22 -> 1.11). numba's cache keys a closure by the values it closes
+    over, so each HC is its own entry.
 
     d = dL/da gathers g_i V[:, i] * h_i (1 - h_i) over the units. Between two changes of
-    a row's a, h (1 - h) stays the same, so the kernel sums e = sum_i g_i V[:, i] over
-    the run and adds h (1 - h) * e to d once, where a changes (``_flush``): one FMA per
-    unit and element where the per-unit form took two and read h (1 - h) again. On 125
-    MNIST rows (P's 784 | 200 layer, runs of about 8 units) 4.11-4.39 -> 3.66-4.28 ms;
-    on h-layers (200 | 200, 60% on, runs under 2 units) about as before."""
+    a row's a, h (1 - h) stays the same, so the backward pass sums e = sum_i g_i V[:, i]
+    over the run and adds h (1 - h) * e to d once, where a changes (``_flush``): one FMA
+    per unit and element where the per-unit form took two and read h (1 - h) again. On
+    125 MNIST rows (P's 784 | 200 layer, runs of about 8 units) 4.11-4.39 -> 3.66-4.28
+    ms; on h-layers (200 | 200, 60% on, runs under 2 units) about as before."""
     sigmoid = _inline(sigmoid)
     zero, one = ftype(0), ftype(1)
+
+    @_jit
+    def _dot8(v, h, out):
+        """out[j] = v . h[j] for the 8 rows of h [8, H], v read once (one pass, eight
+        accumulators, no stores in the loop: it vectorises)."""
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
+        for k in range(HC):
+            vk = v[k]
+            a0 += vk * h[0, k]
+            a1 += vk * h[1, k]
+            a2 += vk * h[2, k]
+            a3 += vk * h[3, k]
+            a4 += vk * h[4, k]
+            a5 += vk * h[5, k]
+            a6 += vk * h[6, k]
+            a7 += vk * h[7, k]
+        out[0], out[1], out[2], out[3] = a0, a1, a2, a3
+        out[4], out[5], out[6], out[7] = a4, a5, a6, a7
+
+    @_jit
+    def walk(b, c, W, VT, tT, draw, x, s, saved):
+        """The logits s of x, unit by unit: x given, or (draw) each x_i drawn from its
+        logit as [s_i > t_i] (``draw_thresholds``) before it feeds the later units.
+        h = sigmoid(a) is evaluated again only after a unit x_i != 0 has changed a.
+        Unless ``saved`` is empty, a_i at every ``ANCHOR``-th unit and a_D go there
+        (``_saved``), for the backward pass."""
+        R, D = b.shape
+        keep = saved.shape[0] > 0
+        a, h = np.empty((BLOCK, HC), c.dtype), np.empty((BLOCK, HC), c.dtype)
+        stale = np.empty(BLOCK, np.bool_)
+        acc = np.empty(BLOCK, c.dtype)
+        for r0 in range(0, R, BLOCK):
+            rows = min(BLOCK, R - r0)
+            a[:rows] = c[r0:r0 + rows]
+            stale[:] = True
+            for i in range(D):
+                if keep and i % ANCHOR == 0:
+                    saved[i // ANCHOR, r0:r0 + rows] = a[:rows]
+                for j in range(rows):
+                    if stale[j]:
+                        for k in range(HC):
+                            h[j, k] = sigmoid(a[j, k])
+                        stale[j] = False
+                if rows == BLOCK:                       # sigmoid(a_i) . V[:, i], 8 rows
+                    _dot8(VT[i], h, acc)                # at once: VT[i] is read once
+                else:
+                    for j in range(rows):
+                        t = zero
+                        for k in range(HC):
+                            t += VT[i, k] * h[j, k]
+                        acc[j] = t
+                for j in range(rows):
+                    logit = b[r0 + j, i] + acc[j]
+                    s[r0 + j, i] = logit
+                    if draw:
+                        x[r0 + j, i] = one if logit > tT[i, r0 + j] else zero
+                    xi = x[r0 + j, i]
+                    if xi != 0:
+                        for k in range(HC):
+                            a[j, k] += xi * W[i, k]
+                        stale[j] = True
+            if keep:
+                saved[-1, r0:r0 + rows] = a[:rows]
 
     @_jit
     def _flush(d, dh, e, j):
@@ -365,7 +366,7 @@ def _build_backward(sigmoid, ftype, HC):
                 _flush(d, dh, e, j)
             dc[r0:r0 + rows] = d[:rows]
 
-    return backward
+    return walk, backward
 
 
 _kernels = {}
@@ -376,22 +377,22 @@ _SIGMOIDS = {"float32": (_sigmoid32, np.float32), "float64": (_sigmoid64, np.flo
 
 
 def _for(dtype):
-    """The kernels of a numpy dtype (float32 or float64), compiled on first use:
-    (walk, darn_sample, sparse_product, sparse_weight_grad). Keyed by the dtype itself:
-    its name is a Python-level property of numpy's, 4 us a call."""
+    """DARN's sampler and the sparse products for a numpy dtype (float32 or float64),
+    compiled on first use: (darn_sample, sparse_product, sparse_weight_grad). Keyed by
+    the dtype itself: its name is a Python-level property of numpy's, 4 us a call."""
     kernels = _kernels.get(dtype)
     if kernels is None:
-        kernels = _kernels[dtype] = _build(*_SIGMOIDS[np.dtype(dtype).name])
+        kernels = _kernels[dtype] = _build(np.dtype(dtype).type)
     return kernels
 
 
-def _backward_for(dtype, H: int):
-    """NADE's backward kernel for a dtype and H hidden units, compiled on first use."""
-    kernel = _kernels.get((dtype, H))
-    if kernel is None:
-        sigmoid, ftype = _SIGMOIDS[np.dtype(dtype).name]
-        kernel = _kernels[(dtype, H)] = _build_backward(sigmoid, ftype, int(H))
-    return kernel
+def _nade_for(dtype, H: int):
+    """NADE's (walk, backward) for a dtype and H hidden units, compiled on first use."""
+    kernels = _kernels.get((dtype, H))
+    if kernels is None:
+        kernels = _kernels[(dtype, H)] = _build_nade(*_SIGMOIDS[np.dtype(dtype).name],
+                                                     int(H))
+    return kernels
 
 
 # a counter of the work the kernels do (rws.bench sets it): on_work(vector FLOPs, sigmoids)
@@ -486,7 +487,8 @@ def _saved(b, c, keep: bool):
 
 def forward(x, b, c, W, VT, keep: bool = True):
     s, saved = np.empty_like(b), _saved(b, c, keep)
-    _for(b.dtype)[0](b, c, W, VT, np.empty((0, 0), b.dtype), False, x, s, saved)
+    _nade_for(b.dtype, c.shape[1])[0](b, c, W, VT, np.empty((0, 0), b.dtype), False, x, s,
+                                     saved)
     if on_work is not None:
         R, D, H = *x.shape, c.shape[1]
         _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
@@ -496,7 +498,7 @@ def forward(x, b, c, W, VT, keep: bool = True):
 def backward(x, saved, W, VT, g):
     H = saved.shape[2]
     dc, dW, dVT = np.empty((x.shape[0], H), g.dtype), np.empty_like(W), np.empty_like(VT)
-    _backward_for(g.dtype, H)(x, saved, W, VT, g, dc, dW, dVT)
+    _nade_for(g.dtype, H)[1](x, saved, W, VT, g, dc, dW, dVT)
     if on_work is not None:
         # the updates down, dW where x_i != 0, dVT and e where g_i != 0, d once a run
         runs = _sigmoid_rows(x, True)
@@ -507,7 +509,8 @@ def backward(x, saved, W, VT, g):
 
 def sample(b, c, W, VT, uT, clamp: bool, tail_v=None, keep: bool = True):
     x, s, saved = np.empty_like(b), np.empty_like(b), _saved(b, c, keep)
-    _for(b.dtype)[0](b, c, W, VT, draw_thresholds(uT, clamp, tail_v), True, x, s, saved)
+    _nade_for(b.dtype, c.shape[1])[0](b, c, W, VT, draw_thresholds(uT, clamp, tail_v),
+                                     True, x, s, saved)
     if on_work is not None:
         R, D, H = *b.shape, c.shape[1]
         _count(2 * R * D * H + 2 * np.count_nonzero(x) * H, _sigmoid_rows(x, False) * H)
@@ -519,7 +522,7 @@ def darn_sample(base, W, uT, clamp: bool, tail_v=None):
     autoregressive terms auto_j = sum_{i<j} x_i W[i, j] (base = b + y U: [R, D];
     W [D, D], input i to output j): (x, auto)."""
     x, auto = np.empty_like(base), np.empty_like(base)
-    _for(base.dtype)[1](base, W, draw_thresholds(uT, clamp, tail_v), x, auto)
+    _for(base.dtype)[0](base, W, draw_thresholds(uT, clamp, tail_v), x, auto)
     if on_work is not None:        # its pushes: x (W * M) over the draws that are on
         _count(_sparse_flops(x, x.shape[1], True), 0)
     return x, auto
@@ -537,7 +540,7 @@ def sparse_product(x, W, triangular: bool = False):
     """x W, or a DARN's autoregressive term x (W * M), M_ik = [i < k] (``triangular``),
     from x's nonzeros: x [R, D_in], W [D_in, D_out] -> [R, D_out]."""
     out = np.empty((x.shape[0], W.shape[1]), x.dtype)
-    _for(x.dtype)[2](x, W, out, triangular)
+    _for(x.dtype)[1](x, W, out, triangular)
     if on_work is not None:
         _count(_sparse_flops(x, W.shape[1], triangular), 0)
     return out
@@ -547,7 +550,7 @@ def sparse_weight_grad(x, G, triangular: bool = False):
     """The weight gradient x^T G, or (x^T G) * M, from x's nonzeros: x [R, D_in],
     G [R, D_out] -> [D_in, D_out]."""
     dW = np.empty((x.shape[1], G.shape[1]), x.dtype)
-    _for(x.dtype)[3](x, G, dW, triangular)
+    _for(x.dtype)[2](x, G, dW, triangular)
     if on_work is not None:
         _count(_sparse_flops(x, G.shape[1], triangular), 0)
     return dW
