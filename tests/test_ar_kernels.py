@@ -276,7 +276,7 @@ def test_clamped_tail_thresholds_draw_the_clamped_probability_within_the_end_cel
 
 
 def test_float32_sigmoid_is_within_float32_rounding_of_the_definition():
-    """The kernels' vectorising float32 sigmoid (``_sigmoid32``: exp(-a) = 2^n e^f, e^f
+    """The kernels' vectorising float32 sigmoid (``_sigmoid32``: exp(-a) = 2^n 2^f, 2^f
     by a degree-5 polynomial) within 3e-7 absolute everywhere, and relative to it
     within two roundings of t = -a log2(e) in float32 (ln 2 |t| 2^-23) plus 5e-7 where
     sigmoid(a) is a normal float32 (|a| < 80), against float64."""
