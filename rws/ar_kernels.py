@@ -252,26 +252,23 @@ def _build_nade(sigmoid, ftype, HC):
     def walk(b, c, W, VT, tT, draw, x, s, saved):
         """The logits s of x, unit by unit: x given, or (draw) each x_i drawn from its
         logit as [s_i > t_i] (``draw_thresholds``) before it feeds the later units.
-        h = sigmoid(a) is evaluated again only after a unit x_i != 0 has changed a.
-        Unless ``saved`` is empty, a_i at every ``ANCHOR``-th unit and a_D go there
+        h = sigmoid(a) is evaluated again only where a unit x_i != 0 has changed a, in
+        the same pass as the update (but for the last unit, which feeds none). Unless
+        ``saved`` is empty, a_i at every ``ANCHOR``-th unit and a_D go there
         (``_saved``), for the backward pass."""
         R, D = b.shape
         keep = saved.shape[0] > 0
         a, h = np.empty((BLOCK, HC), c.dtype), np.empty((BLOCK, HC), c.dtype)
-        stale = np.empty(BLOCK, np.bool_)
         acc = np.empty(BLOCK, c.dtype)
         for r0 in range(0, R, BLOCK):
             rows = min(BLOCK, R - r0)
             a[:rows] = c[r0:r0 + rows]
-            stale[:] = True
+            for j in range(rows):
+                for k in range(HC):
+                    h[j, k] = sigmoid(a[j, k])
             for i in range(D):
                 if keep and i % ANCHOR == 0:
                     saved[i // ANCHOR, r0:r0 + rows] = a[:rows]
-                for j in range(rows):
-                    if stale[j]:
-                        for k in range(HC):
-                            h[j, k] = sigmoid(a[j, k])
-                        stale[j] = False
                 if rows == BLOCK:                       # sigmoid(a_i) . V[:, i], 8 rows
                     _dot8(VT[i], h, acc)                # at once: VT[i] is read once
                 else:
@@ -286,10 +283,14 @@ def _build_nade(sigmoid, ftype, HC):
                     if draw:
                         x[r0 + j, i] = one if logit > tT[i, r0 + j] else zero
                     xi = x[r0 + j, i]
-                    if xi != 0:
+                    if xi != 0 and i < D - 1:
+                        for k in range(HC):
+                            ak = a[j, k] + xi * W[i, k]
+                            a[j, k] = ak
+                            h[j, k] = sigmoid(ak)
+                    elif xi != 0:
                         for k in range(HC):
                             a[j, k] += xi * W[i, k]
-                        stale[j] = True
             if keep:
                 saved[-1, r0:r0 + rows] = a[:rows]
 
