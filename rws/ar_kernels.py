@@ -226,10 +226,12 @@ def _build_nade(sigmoid, ftype, HC):
 
     d = dL/da gathers g_i V[:, i] * h_i (1 - h_i) over the units. Between two changes of
     a row's a, h (1 - h) stays the same, so the backward pass sums e = sum_i g_i V[:, i]
-    over the run and adds h (1 - h) * e to d once, where a changes (``_flush``): one FMA
-    per unit and element where the per-unit form took two and read h (1 - h) again. On
-    125 MNIST rows (P's 784 | 200 layer, runs of about 8 units) 4.11-4.39 -> 3.66-4.28
-    ms; on h-layers (200 | 200, 60% on, runs under 2 units) about as before."""
+    over the run and adds h (1 - h) * e to d once, where a changes: one FMA per unit and
+    element where the per-unit form took two and read h (1 - h) again. On 125 MNIST rows
+    (P's 784 | 200 layer, runs of about 8 units) 4.11-4.39 -> 3.66-4.28 ms; on h-layers
+    (200 | 200, 60% on, runs under 2 units) about as before. Where a changes, one pass
+    over the row closes the run, adds to dW, updates a and evaluates h (forward and
+    backward of a 200-unit h-layer 2.76-2.89 -> 2.64-2.78 ms on 125 rows)."""
     sigmoid = _inline(sigmoid)
     zero, one = ftype(0), ftype(1)
 
@@ -298,19 +300,11 @@ def _build_nade(sigmoid, ftype, HC):
                 saved[-1, r0:r0 + rows] = a[:rows]
 
     @_jit
-    def _flush(d, dh, e, j):
-        """d_j += h_j (1 - h_j) * e_j, the run's sum closed; e_j = 0."""
-        for k in range(HC):
-            d[j, k] += dh[j, k] * e[j, k]
-            e[j, k] = zero
-
-    @_jit
     def backward(x, saved, W, VT, g, dc, dW, dVT):
         R, D = x.shape
         a, d = np.empty((BLOCK, HC), dc.dtype), np.empty((BLOCK, HC), dc.dtype)
         h, dh = np.empty((BLOCK, HC), dc.dtype), np.empty((BLOCK, HC), dc.dtype)
         e = np.empty((BLOCK, HC), dc.dtype)        # sum of g_i V[:, i] since a last changed
-        stale = np.empty(BLOCK, np.bool_)
         gi = np.zeros(BLOCK, dc.dtype)
         dW[:] = 0
         dVT[:] = 0
@@ -319,18 +313,27 @@ def _build_nade(sigmoid, ftype, HC):
             a[:rows] = saved[-1, r0:r0 + rows]     # a_D, as the forward pass left it
             d[:] = 0                               # dL/da_{i+1}, from the last unit down
             e[:] = 0
-            h[:] = 0                               # h = sigmoid(a_i), dh = h (1 - h):
-            dh[:] = 0                              # finite where a row's g_i = 0
-            stale[:] = True
+            dh[:] = 0                              # (the first run's close adds 0 x 0)
             for i in range(D - 1, -1, -1):
                 for j in range(rows):
                     xi = x[r0 + j, i]
                     gi[j] = g[r0 + j, i]
-                    if xi != 0 and gi[j] != 0 and i % ANCHOR != 0:
-                        # the usual change of a (no re-anchoring, h needed now): the steps
-                        # below, in one pass over the row (forward and backward of a
-                        # 200-unit h-layer, 60% on: 2.76-2.89 -> 2.64-2.78 ms on 125 rows,
-                        # 11.0-11.7 -> 10.3-10.8 on 500; MNIST's sparse pixels as before)
+                    # where a changes (x_i != 0, and at the last unit, where h starts):
+                    # close the run into d, dW[i] += x_i d (d = dL/da_{i+1}), a_i =
+                    # a_{i+1} - x_i W[i], h = sigmoid(a_i), all in one pass over the row
+                    if i % ANCHOR == 0:            # the same, a_i re-anchored at its
+                        m = i // ANCHOR            # saved value so rounding cannot drift
+                        for k in range(HC):
+                            dk = d[j, k] + dh[j, k] * e[j, k]
+                            d[j, k] = dk
+                            e[j, k] = zero
+                            dW[i, k] += xi * dk
+                            ak = saved[m, r0 + j, k]
+                            a[j, k] = ak
+                            hk = sigmoid(ak)
+                            h[j, k] = hk
+                            dh[j, k] = hk * (one - hk)
+                    elif xi != 0 or i == D - 1:
                         for k in range(HC):
                             dk = d[j, k] + dh[j, k] * e[j, k]
                             d[j, k] = dk
@@ -341,30 +344,6 @@ def _build_nade(sigmoid, ftype, HC):
                             hk = sigmoid(ak)
                             h[j, k] = hk
                             dh[j, k] = hk * (one - hk)
-                        stale[j] = False
-                        continue
-                    if xi != 0:                    # a changes: close the run into d, then
-                        for k in range(HC):        # dW[i] += x_i d (d = dL/da_{i+1})
-                            dk = d[j, k] + dh[j, k] * e[j, k]
-                            d[j, k] = dk
-                            e[j, k] = zero
-                            dW[i, k] += xi * dk
-                    if i % ANCHOR == 0:            # a_i: re-anchored, or a_{i+1} - x_i W[i]
-                        if xi == 0:
-                            _flush(d, dh, e, j)
-                        a[j] = saved[i // ANCHOR, r0 + j]
-                        stale[j] = True
-                    elif xi != 0:
-                        for k in range(HC):
-                            a[j, k] -= xi * W[i, k]
-                        stale[j] = True
-                    if gi[j] != 0 and stale[j]:    # (a row with g_i = 0 adds nothing to e,
-                                                   # so its h may wait: no flush is due)
-                        for k in range(HC):
-                            hk = sigmoid(a[j, k])
-                            h[j, k] = hk
-                            dh[j, k] = hk * (one - hk)
-                        stale[j] = False
                 if rows == BLOCK:                  # dVT[i] += sum_j g_ij h_j and
                     g0, g1, g2, g3 = gi[0], gi[1], gi[2], gi[3]    # e_j += g_ij VT[i], the
                     g4, g5, g6, g7 = gi[4], gi[5], gi[6], gi[7]    # 8 rows in one pass
@@ -384,13 +363,12 @@ def _build_nade(sigmoid, ftype, HC):
                 else:
                     for j in range(rows):
                         gj = gi[j]
-                        if gj != 0:
-                            for k in range(HC):
-                                dVT[i, k] += gj * h[j, k]
-                                e[j, k] += gj * VT[i, k]
-            for j in range(rows):
-                _flush(d, dh, e, j)
-            dc[r0:r0 + rows] = d[:rows]
+                        for k in range(HC):
+                            dVT[i, k] += gj * h[j, k]
+                            e[j, k] += gj * VT[i, k]
+            for j in range(rows):                  # the last runs closed: dc = d
+                for k in range(HC):
+                    dc[r0 + j, k] = d[j, k] + dh[j, k] * e[j, k]
 
     return walk, backward
 
