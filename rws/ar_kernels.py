@@ -504,10 +504,10 @@ def backward(x, saved, W, VT, g):
     dc, dW, dVT = np.empty((x.shape[0], H), g.dtype), np.empty_like(W), np.empty_like(VT)
     _nade_for(g.dtype, H)[1](x, saved, W, VT, g, dc, dW, dVT)
     if on_work is not None:
-        # the updates down, dW where x_i != 0, dVT and e where g_i != 0, d once a run
+        # the updates down and dW where x_i != 0, dVT and e at every unit, d once a run
         runs = _sigmoid_rows(x, True)
-        _count(2 * 2 * np.count_nonzero(x) * H + 2 * 2 * np.count_nonzero(g) * H
-               + 2 * runs * H, runs * H)
+        _count(2 * 2 * np.count_nonzero(x) * H + 2 * 2 * x.size * H + 2 * runs * H,
+               runs * H)
     return dc, dW, dVT
 
 

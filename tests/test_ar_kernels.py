@@ -43,7 +43,7 @@ def test_logits_and_gradients_match_the_vectorised_definition(path, dtype, densi
     W = (0.3 * torch.randn(D, H, generator=g, dtype=dtype)).requires_grad_()
     V = torch.randn(H, D, generator=g, dtype=dtype).requires_grad_()
     up = torch.randn(R, D, generator=g, dtype=dtype)
-    up[2, ::3] = 0                           # units with g_i = 0 (their sigmoid skipped)
+    up[2, ::3] = 0                           # units with g_i = 0 (they add nothing to dV, d)
     want = vectorised_logits(x, b, c, W, V)
     want_grads = torch.autograd.grad((want * up).sum(), (b, c, W, V))
     got = layers.NADELogits.apply(x, b, c, W, V)

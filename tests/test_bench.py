@@ -271,7 +271,7 @@ def test_work_counts_what_the_compiled_ar_kernels_do():
     """The kernels skip the rank-1 update where x_i = 0: R D H dot products, and an
     update of H per nonzero x_i; the backward pass runs the updates down again (from a_D,
     which the forward pass saved), one more per nonzero x_i (dW), two H-vector updates
-    per nonzero g_i (dV and the run's sum e), and d += h (1 - h) e once per run. They
+    per unit (dV and the run's sum e), and d += h (1 - h) e once per run. They
     evaluate the H hidden sigmoids once per row and again only where a changed: after
     each x_i = 1 that feeds a later unit (forward); walking down, at each x_i = 1 below
     the last unit and at each re-anchoring (unit 0 here, D < 64)."""
