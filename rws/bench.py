@@ -60,19 +60,28 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def fastest_seconds(fn, device="cpu", *, seconds: float | None = None,
+                    repeats: int | None = None, calls: int = 1) -> float:
+    """A call's seconds of fn, the fastest of timings of ``calls`` calls each: ``repeats``
+    timings, or as many as fit in ``seconds`` (one call first, untimed, to warm up)."""
+    fn()
+    best, done = math.inf, 0
+    t_end = time.perf_counter() + (seconds or 0.0)
+    while (done < repeats) if repeats is not None else (time.perf_counter() < t_end):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        _sync(device)
+        best = min(best, (time.perf_counter() - t) / calls)
+        done += 1
+    return best
+
+
 def matmul_rate(device="cpu", seconds: float = 1.0, n: int = 2048) -> float:
     """Best float32 GFLOP/s of an n x n x n matrix multiply over repeated timings."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    a @ b
-    best = 0.0
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
-    return best
+    return 2 * n ** 3 / fastest_seconds(lambda: a @ b, device, seconds=seconds) / 1e9
 
 
 def count_flops(fn) -> int:
@@ -86,15 +95,8 @@ def sigmoid_rate(device="cpu", seconds: float = 0.25, n: int = 1 << 22) -> float
     """Best torch.sigmoid rate on a large float32 tensor, G elements/s."""
     a = torch.randn(n, device=device)
     out = torch.empty_like(a)
-    torch.sigmoid(a, out=out)
-    best = 0.0
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t = time.perf_counter()
-        torch.sigmoid(a, out=out)
-        _sync(device)
-        best = max(best, n / (time.perf_counter() - t) / 1e9)
-    return best
+    return n / fastest_seconds(lambda: torch.sigmoid(a, out=out), device,
+                               seconds=seconds) / 1e9
 
 
 # elementwise operations that evaluate an exponential or a logarithm per element
@@ -196,19 +198,6 @@ class _ProductRecorder(TorchDispatchMode):
             func(*args, **kwargs)
 
 
-def _best_seconds(fn, device, calls: int, repeats: int) -> float:
-    """The fastest of ``repeats`` timings of ``calls`` calls of fn, a call's seconds."""
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        _sync(device)
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best
-
-
 @dataclass
 class StepArithmetic:
     """A step's matrix products replayed alone and its optimiser's update alone
@@ -241,9 +230,10 @@ def time_arithmetic(case: "Case", train_x, device="cpu", calls: int = 50,
             train_step(method, opt, batches[3], g, micro, case.grad_precision)
     # the recorded step's update is the one timed: its gradients stay until the next step
     return StepArithmetic(len(products.calls),
-                          _best_seconds(products.replay, device, calls, repeats),
+                          fastest_seconds(products.replay, device, repeats=repeats,
+                                          calls=calls),
                           count_flops(products.replay) / 1e9,
-                          _best_seconds(opt.step, device, calls, repeats))
+                          fastest_seconds(opt.step, device, repeats=repeats, calls=calls))
 
 
 @dataclass

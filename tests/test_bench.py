@@ -123,6 +123,19 @@ def test_arithmetic_split_is_the_line_of_the_products_and_the_optimiser():
     assert arith["rest_fixed_seconds_allowed"] == pytest.approx(40e-6 * 750 / 67.5 - 0.5e-3)
 
 
+def test_fastest_seconds_takes_the_fastest_of_its_timings(monkeypatch):
+    """One untimed call, then ``repeats`` timings of ``calls`` calls; a call's time in the
+    fastest timing (a clock that each call moves on by 2 s, by 1 s in the third timing)."""
+    clock, made = [0.0], []
+
+    def fn():
+        made.append(1)
+        clock[0] += 1.0 if 1 + 2 * 4 < len(made) <= 1 + 3 * 4 else 2.0
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    assert bench.fastest_seconds(fn, repeats=5, calls=4) == 1.0
+    assert len(made) == 1 + 5 * 4
+
+
 def test_replayed_products_keep_their_operands_layouts_and_values():
     """The replay runs the GEMMs MKL saw: a transposed operand stays transposed (a copy
     in the contiguous layout would time another kernel), out= products write their own
