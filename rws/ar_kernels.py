@@ -144,26 +144,36 @@ def _build(ftype):
     def darn_sample(base, W, tT, x, auto):
         R, D = base.shape
         acc = np.empty((BLOCK, D), base.dtype)        # sum_{i<j} x_i W[i, j] so far
+        on = np.empty(BLOCK, np.int64)
         for r0 in range(0, R, BLOCK):
             rows = min(BLOCK, R - r0)
             acc[:rows] = 0
             for j in range(D):
-                # unit j feeds the units after it, from the multiple of 16 at or below
-                # j + 1: the units up to j are read out already, so adding there is
-                # harmless, and the vector loop starts aligned with less scalar
-                # remainder (25 rows x 784 units, half of them on, fresh uniforms each
-                # call: 0.42-0.50 instead of 0.55-0.61 ms). The unsigned index tells
-                # LLVM that no negative index wraps around, so the loop vectorises
-                # (signed, it ran scalar: 1.9 instead of 0.4 ms)
-                start = np.uint64((j + 1) & ~15)
+                # the block's draws of unit j, branch-free, listing the rows that are
+                # on (as ``_nonzero_rows``): a branch per draw mispredicts on about
+                # half of a latent layer's (125 x 200 units, two thirds on, fresh
+                # inputs each call: 0.26-0.28 -> 0.18-0.20 ms; 25 x 784 MNIST pixels
+                # 0.15-0.16 -> 0.13-0.14 ms)
+                n = 0
                 for m in range(rows):
-                    auto[r0 + m, j] = acc[m, j]       # unit j's term, final from here on
-                    if base[r0 + m, j] + acc[m, j] > tT[j, r0 + m]:
-                        x[r0 + m, j] = one
-                        for k in range(start, np.uint64(D)):
-                            acc[m, k] += W[j, k]
-                    else:
-                        x[r0 + m, j] = zero
+                    a = acc[m, j]
+                    auto[r0 + m, j] = a               # unit j's term, final from here on
+                    on_m = base[r0 + m, j] + a > tT[j, r0 + m]
+                    x[r0 + m, j] = one if on_m else zero
+                    on[n] = m
+                    n += np.int64(on_m)
+                # each row that is on feeds the units after j, from the multiple of 16
+                # at or below j + 1: the units up to j are read out already, so adding
+                # there is harmless, and the vector loop starts aligned with less
+                # scalar remainder (25 rows x 784 units, half of them on, fresh
+                # uniforms each call: 0.42-0.50 instead of 0.55-0.61 ms). The unsigned
+                # index tells LLVM that no negative index wraps around, so the loop
+                # vectorises (signed, it ran scalar: 1.9 instead of 0.4 ms)
+                start = np.uint64((j + 1) & ~15)
+                for t in range(n):
+                    m = on[t]
+                    for k in range(start, np.uint64(D)):
+                        acc[m, k] += W[j, k]
 
     @_jit
     def _nonzero_rows(x, i, rows):
