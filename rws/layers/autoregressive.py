@@ -209,7 +209,7 @@ class NADELogits(torch.autograd.Function):
     x: [R, D] (constant), b: [R, D], c: [R, H], W: [D, H], V: [H, D] -> s: [R, D].
     """
 
-    anchor = 64
+    anchor = ar_kernels.ANCHOR      # the compiled backward pass's spacing, one constant
 
     @staticmethod
     def forward(ctx, x, b, c, W, V, known=None, keep=True):
@@ -218,9 +218,8 @@ class NADELogits(torch.autograd.Function):
         will run, as under torch.no_grad)."""
         if _use_kernels(b):
             ctx.kernel = True
-            if known is not None:
+            if known is not None:        # (a tuple, not a tensor input: no copy needed)
                 s, saved = known
-                s = s.clone()
             else:
                 s, saved = map(torch.from_numpy, ar_kernels.forward(
                     *_arrays(x, b, c, W), _arrays(V.t())[0], keep))
