@@ -28,7 +28,7 @@ import warnings
 
 import torch
 
-from rws import sbn_gradients
+from rws import sbn_gradients, weights_kernel
 from rws.errors import UserError
 from rws.methods import Method, bounded_gradient, sleep_phi_loss
 
@@ -68,6 +68,20 @@ def log_px_estimate(log_w: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_w.detach(), dim=1) - math.log(log_w.shape[1])
 
 
+def weigh(log_p: torch.Tensor, log_q: torch.Tensor):
+    """(w~ [B, K] detached, the minibatch mean of log p^_K(x) [] float64, whether every
+    log w < +inf [] bool) from log p and log q [B, K]: ``normalized_weights``,
+    ``log_px_estimate`` and the finiteness of the loss, in one compiled pass where
+    ``rws.weights_kernel`` serves (CPU), else in torch."""
+    out = weights_kernel.weigh(log_p, log_q)
+    if out is not None:
+        w, ll, finite = out
+        return w, torch.tensor(ll, dtype=torch.float64), torch.tensor(finite)
+    log_w = (log_p - log_q).detach()
+    return (normalized_weights(log_w), log_px_estimate(log_w).mean().double(),
+            (log_w < math.inf).all())
+
+
 class RWS(Method):
     """Reweighted wake-sleep: wake-P always, wake-Q and/or sleep-Q for the inference net.
 
@@ -99,12 +113,11 @@ class RWS(Method):
         n = self._dreams(x)     # the dreams first, then the proposals (as ``backward``)
         sleep = sleep_phi_loss(self.model, n, generator).mean() if n else 0.0
         log_p, log_q = self.model.log_joint(x, self.K, generator)    # [B, K] each
-        log_w = (log_p - log_q).detach()
-        w = normalized_weights(log_w)                                # one softmax for both
+        w, train_ll, _ = weigh(log_p, log_q)                         # one softmax for both
         loss = wake_theta_loss(log_p, log_q, w).mean()
         if self.wake_q:
             loss = loss + wake_phi_loss(log_p, log_q, w).mean()
-        return loss + sleep, {"train_ll": log_px_estimate(log_w).mean()}
+        return loss + sleep, {"train_ll": train_ll}
 
     def backward(self, x, generator=None, scale=1.0):
         """The gradient of ``loss``; for sigmoid belief networks in closed form, on the
@@ -115,10 +128,8 @@ class RWS(Method):
         n = self._dreams(x)
         dreams = self.model.sample_p(n, generator) if n else None
         props = sbn_gradients.propose(self.model, x, self.K, generator, dreams)
-        log_w = props.log_p - props.log_q                           # [B, K]
-        w = normalized_weights(log_w)
-        sbn_gradients.add_wake_gradients(self.model, props, w, w if self.wake_q else None, scale)
         # the loss is finite unless a weight is NaN or +inf (log w = -inf counts for
         # nothing), and then so is the gradient (``rws.sbn_gradients``)
-        finite = (log_w < math.inf).all()
-        return finite, {"train_ll": log_px_estimate(log_w).mean()}
+        w, train_ll, finite = weigh(props.log_p, props.log_q)      # [B, K], [], []
+        sbn_gradients.add_wake_gradients(self.model, props, w, w if self.wake_q else None, scale)
+        return finite, {"train_ll": train_ll}
