@@ -119,7 +119,9 @@ class Proposals:
     for an SBN's, whose logits are its parameter); log_p_layers: log p_l
     [B, K] per P layer, the top prior last; log_q_layers: log q_l [B, K] per Q layer.
     dreams: [x [n, D], h_1 [n, n_1], ...] ~ p, or None; dream_q_probs[l]: Q layer l's
-    sigmoid(c_l) on them, [n, n_{l+1}].
+    sigmoid(c_l) on them, [n, n_{l+1}]; q_inputs[l]: Q layer l's inputs on the proposals
+    and the dreams stacked, [rows + n, n_l], as its logits took them (its gradient's
+    G^T y takes them again).
     """
     hs: list
     q_probs: list
@@ -128,6 +130,7 @@ class Proposals:
     log_q_layers: list
     dreams: list | None = None
     dream_q_probs: list | None = None
+    q_inputs: list | None = None
 
     @property
     def log_p(self) -> torch.Tensor:
@@ -147,12 +150,14 @@ def propose(model, x: torch.Tensor, K: int, generator, dreams: list | None = Non
     (``model.sample_p``, drawn before): Q's logits on them come from the proposals'
     GEMMs, for the sleep-Q term of ``add_wake_gradients``."""
     B, L = x.shape[0], len(model.q_layers)
-    hs, q_probs, log_q, dream_q_probs = [x[:, None]], [], [], []
+    hs, q_probs, log_q, dream_q_probs, q_inputs = [x[:, None]], [], [], [], []
     for l, layer in enumerate(model.q_layers):
         y = hs[l].reshape(-1, layer.n_y)                          # [B or B*K, n_y]
         n = K if l == 0 else 1
+        if dreams is not None:
+            q_inputs.append(_rows(y, dreams[l]))                  # [rows + n, n_y]
         if isinstance(layer, DARN):     # c = b + y U + h (W * M), h drawn unit by unit
-            base = layer.base_logits(y if dreams is None else _rows(y, dreams[l]))
+            base = layer.base_logits(y if dreams is None else q_inputs[l])
             if dreams is not None:
                 dream_c = base[y.shape[0]:] + _darn_auto(layer, dreams[l + 1])  # [n, n]
                 dream_q_probs.append(torch.sigmoid(dream_c))
@@ -162,7 +167,7 @@ def propose(model, x: torch.Tensor, K: int, generator, dreams: list | None = Non
             c = base + (_darn_auto(layer, h) if auto is None else auto)
             p = torch.sigmoid(c)
         else:
-            c = layer.logits(y if dreams is None else _rows(y, dreams[l]))    # [rows (+ n), n]
+            c = layer.logits(y if dreams is None else q_inputs[l])   # [rows (+ n), n]
             p = torch.sigmoid(c)
             if dreams is not None:
                 dream_q_probs.append(p[y.shape[0]:])              # [n, n]
@@ -189,7 +194,7 @@ def propose(model, x: torch.Tensor, K: int, generator, dreams: list | None = Non
     log_p.append(log_p_l)
     p_probs.append(p)                                             # [B, K, n_L] or [1, n_L]
     return Proposals(hs, q_probs, p_probs, log_p, log_q, dreams,
-                     dream_q_probs if dreams is not None else None)
+                     *((dream_q_probs, q_inputs) if dreams is not None else ()))
 
 
 @torch.no_grad()
@@ -244,6 +249,8 @@ def add_wake_gradients(model, props: Proposals, p_weights: torch.Tensor,
             ys.append(dreams[l])
             G_xs.append(Gs[-1])
             xs.append(dreams[l + 1])
+        if len(ys) == 2:                 # both terms: the inputs stacked in ``propose``
+            ys = [props.q_inputs[l]]
         if darn and Gs:
             _add_darn_grads(layer, _rows(*Gs), _rows(*ys), _rows(*G_xs), _rows(*xs))
         elif Gs:
