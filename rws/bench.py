@@ -50,7 +50,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from rws import allocator, ar_kernels, estimate, int8, methods, zoo
+from rws import allocator, ar_kernels, cpu, estimate, int8, methods, zoo
 from rws import data as datasets
 from rws.train import OPTIMIZERS, micro_batch_size, train_step
 
@@ -542,7 +542,8 @@ def run(device="cpu", quick=False, pyro=True, log=print, only: str | None = None
     train_x = datasets.load("binarized_mnist")["train"]
     test_x = datasets.load("binarized_mnist")["test"]
     peak = matmul_rate(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else cpu.model_name() or "cpu")
     log(f"device {device} ({name}), {torch.get_num_threads()} threads; float32 matmul "
         f"2048^3: {peak:.1f} GFLOP/s")
     steps = 20 if quick else 100

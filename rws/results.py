@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import rws
+from rws import cpu
 from rws.errors import UserError
 
 RECORD_SCHEMA = 1
@@ -166,6 +167,7 @@ def environment(device: str | torch.device = "cpu") -> dict:
         "git_commit": git_commit(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu.model_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),

@@ -35,7 +35,7 @@ def test_record_and_checkpoint_are_complete(tmp_path):
     Trainer(small_config(epochs=2), tmp_path).run(quiet)
     record = json.loads((tmp_path / "record.json").read_text())
     assert record["config"]["model"] == "sbn:20" and record["seed"] == 0
-    for key in ("python", "torch", "git_commit", "device", "torch_threads"):
+    for key in ("python", "torch", "git_commit", "device", "torch_threads", "cpu_model"):
         assert key in record["environment"]
     assert [e["epoch"] for e in record["epochs"]] == [1, 2]
     for key in ("train_ll", "valid_ll", "seconds"):
