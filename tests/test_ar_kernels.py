@@ -300,3 +300,24 @@ def test_float32_sigmoid_is_within_float32_rounding_of_the_definition():
     a, got, want = a[inner], got[inner], want[inner]
     bound = np.log(2) * np.abs(a * np.log2(np.e)) * 2.0 ** -23 + 5e-7
     assert (np.abs(got - want) / want <= bound).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 200, 4097])
+def test_tail_search_finds_every_tail_draw_in_order(dtype, n):
+    """The block-skipping search against np.flatnonzero: lattice draws with hits placed
+    at a block's first and last entries, in the remainder after the last whole block,
+    and a block of hits only."""
+    from rws import ar_kernels
+    rng_ = np.random.default_rng(n)
+    u = (rng_.integers(0, 1 << 24, n) * 2.0 ** -24).astype(dtype)
+    lo, hi = dtype(2.0 ** -10), dtype(1 - 2.0 ** -10)
+    for i, v in ((0, 0.0), (63, hi), (64, lo / 2), (n - 1, 1 - 2.0 ** -24)):
+        if 0 <= i < n:
+            u[i] = v
+    if n >= 200:
+        u[128:192] = 0.0
+    idx = np.full(n, -1, np.int64)
+    m = ar_kernels.tail_search(u, lo, hi, idx)
+    want = np.flatnonzero((u < lo) | (u >= hi))
+    assert m == want.size and np.array_equal(idx[:m], want)
