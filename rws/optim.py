@@ -117,10 +117,12 @@ class FusedAdam(torch.optim.Adam):
             return cached[:5]
         params = group["params"]
         if (not params or any(not s or "exp_avg" not in s for s in states)
-                or len({(p.device, p.dtype) for p in params}) != 1
-                or len({(s["step"].device, s["step"].dtype, s["step"].dim()) for s in states}) != 1):
+                or len({(p.device, p.dtype) for p in params}) != 1):
             return None
-        counts = torch.stack([s["step"] for s in states])       # [n]
+        steps = [s["step"] for s in states]
+        if len({(t.device, t.dtype, t.dim()) for t in steps}) != 1:
+            return None
+        counts = torch.stack(steps)                              # [n]
         for i, s in enumerate(states):
             s["step"] = counts[i]
         orders = [_dense_order(p) for p in params]   # (moments share their strides)

@@ -10,14 +10,15 @@ From log p(x_b, h_bk) and log q(h_bk | x_b) [B, K], with log w_bk = log p - log 
 weights of wake-P and wake-Q, and the K-sample estimate of log p(x)). In torch these are
 some fifteen operations on a [B, K] tensor (``rws.rws.weigh``): a subtraction, the
 softmax and its all -inf guard, the finiteness check, the logsumexp, the mean and its
-conversion, each a few microseconds of dispatch on 125 numbers. An RWS step on SBN 200
-(K = 5, one thread) spends about 50 us less at batch 25 in one call (benchmarks/NOTES.md).
+conversion, each a few microseconds of dispatch on 125 numbers (43 us alone at [25, 5]).
+An RWS step on SBN 200 (K = 5, one thread, alternating processes) 2.33 -> 2.25 ms at
+batch 25 and 6.49 -> 6.40 ms at batch 100 (benchmarks/NOTES.md).
 
 Non-finite weights give what the torch operations give: a row whose log w are all -inf
 (no proposal possible under p) has weights 0 and log p^ = -inf; a row with a NaN has NaN
 weights and log p^; a row with +inf (and no NaN) has NaN weights and log p^ = +inf. The
-estimate's mean over the rows is summed in float64 (torch's is a float32 mean), and the weights are computed in float64 and rounded
-once (torch's softmax works in float32).
+exponentials and sums are float64, each weight rounded once, and the estimate's mean is
+summed in float64 (torch's softmax and mean work in float32).
 """
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ numba = ar_kernels.numba
 
 def _weigh_rows(log_p, log_q, w):
     """w <- the normalised weights of the rows of log_p - log_q [B, K]; returns (the sum
-    over rows of log sum_k exp(log w_bk), float64; whether every log w < +inf). No fastmath: the
-    infinities and NaNs are IEEE. log w is rounded to w's dtype, as torch's
-    subtraction rounds it; the exponentials and sums are float64."""
+    over rows of log sum_k exp(log w_bk), float64; whether every log w < +inf). No
+    fastmath: the infinities and NaNs are IEEE. log w is rounded to w's dtype, as torch's
+    subtraction rounds it."""
     B, K = log_p.shape
     total = 0.0
     finite = True
