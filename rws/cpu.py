@@ -5,23 +5,22 @@ from __future__ import annotations
 import functools
 
 
-@functools.lru_cache(maxsize=1)
-def flags() -> frozenset[str]:
+def _field(name: str) -> str:
+    """The text after the colon of /proc/cpuinfo's first line starting with ``name``."""
     try:
         with open("/proc/cpuinfo") as f:
-            line = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return frozenset()
-    return frozenset(line.partition(":")[2].split())
-
-
-@functools.lru_cache(maxsize=1)
-def model_name() -> str:
-    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), for the records' timings:
-    the same step runs at other ratios on another CPU (benchmarks/NOTES.md)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((line for line in f if line.startswith("model name")), "")
+            line = next((line for line in f if line.startswith(name)), "")
     except OSError:
         return ""
     return line.partition(":")[2].strip()
+
+
+@functools.lru_cache(maxsize=1)
+def flags() -> frozenset[str]:
+    return frozenset(_field("flags").split())
+
+
+def model_name() -> str:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), for the records' timings:
+    the same step runs at other ratios on another CPU (benchmarks/NOTES.md)."""
+    return _field("model name")
