@@ -57,11 +57,9 @@ other devices, and with RWS_NUMBA=0.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from rws import rng
+from rws import jit, rng
 from rws.jit import numba      # None without numba: the torch loops in rws.layers serve
 
 _F = np.float32
@@ -80,8 +78,7 @@ ANCHOR = 64       # the backward pass re-anchors a_i at saved values every 64 un
 BLOCK = 8         # rows walked together, sharing each unit's weights (_dot8, the backward pass)
 
 
-def available() -> bool:
-    return numba is not None and os.environ.get("RWS_NUMBA", "1") != "0"
+available = jit.kernels_on      # numba there, RWS_NUMBA not "0"
 
 
 def _jit(fn):

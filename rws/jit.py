@@ -1,5 +1,6 @@
 """numba (or None without it), set to compile the suite's loops at the CPU's full vector
-width.
+width, and the switch of the compiled kernels (``kernels_on``: RWS_NUMBA=0 turns them off
+and the torch operations serve).
 
 LLVM tunes Intel's AVX-512 cores to prefer 256-bit vectors (its ``prefer-256-bit``
 tuning, chosen against the clock drop of Skylake-SP's 512-bit units), so numba's loops
@@ -40,3 +41,21 @@ try:
     import numba
 except ImportError:
     numba = None
+
+
+# ``os.environ.get`` takes about 0.85 us where the variable is not set (a KeyError raised
+# and caught inside the mapping), and the kernels' switch is read some 10 to 25 times a
+# training step; the dictionary behind ``os.environ``, which every change to it updates,
+# answers the same question in 0.06 us.
+_ENVIRON = getattr(os.environ, "_data", None)
+_SWITCH = (os.environ.encodekey("RWS_NUMBA"), os.environ.encodevalue("0")) \
+    if _ENVIRON is not None else None
+
+
+def kernels_on() -> bool:
+    """numba is there and RWS_NUMBA is not "0" (read at each call, as ``os.environ``)."""
+    if numba is None:
+        return False
+    if _SWITCH is not None:
+        return _ENVIRON.get(_SWITCH[0]) != _SWITCH[1]
+    return os.environ.get("RWS_NUMBA", "1") != "0"

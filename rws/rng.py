@@ -16,12 +16,11 @@ samplers decide those again (``layers.bernoulli.exact_tails``, ``tail_thresholds
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
 
-from rws import sfc64
+from rws import jit, sfc64
 
 # below this many numbers, seeding costs more than it saves: with the compiled stream
 # (rws.sfc64) a request of 1,000 numbers took 7.3 us from torch.rand and 8.5 streamed,
@@ -48,7 +47,7 @@ def uniform(shape, generator: torch.Generator | None = None, device=None,
         # other devices' onto the lattice, which ``layers.bernoulli.exact_tails`` relies on
         return u.mul_(2.0 ** 24).floor_().clamp_(max=_MASK).mul_(_SCALE).to(dtype)
     seed = stream_seed(generator)
-    if sfc64.numba is not None and os.environ.get("RWS_NUMBA", "1") != "0":
+    if sfc64.numba is not None and jit.kernels_on():
         u = np.empty(n, _NUMPY[dtype])               # the same numbers, compiled (rws.sfc64)
         sfc64.lattice_uniforms(seed, u)
         return torch.from_numpy(u).view(shape)

@@ -50,3 +50,21 @@ def test_numba_compiles_with_the_features_jit_chose():
         assert out.endswith(",-prefer-256-bit") and "+avx512f" in out
     else:
         assert "prefer-256-bit" not in out
+
+
+def test_the_kernels_switch_follows_the_environment(monkeypatch):
+    """``kernels_on`` reads the mapping behind os.environ: every change to the
+    environment through os.environ shows at once, as os.environ.get would."""
+    from rws import ar_kernels
+    if jit.numba is None:
+        assert not jit.kernels_on()
+        return
+    monkeypatch.delenv("RWS_NUMBA", raising=False)
+    assert jit.kernels_on() and ar_kernels.available()
+    monkeypatch.setenv("RWS_NUMBA", "0")
+    assert not jit.kernels_on() and not ar_kernels.available()
+    monkeypatch.setenv("RWS_NUMBA", "1")
+    assert jit.kernels_on()
+    monkeypatch.setenv("RWS_NUMBA", "0")
+    monkeypatch.delenv("RWS_NUMBA")
+    assert jit.kernels_on()
