@@ -9,9 +9,12 @@ Wake-Sleep", ICLR 2015, Sec. 2-3; ``rws.sbn_gradients``)
 
 with c the loss's scale (1 / B for a minibatch mean). In torch that is a subtraction, a
 multiplication, a sum over s where samples share their logits, a concatenation of the
-wake and sleep terms, and a sum over rows: a few microseconds of dispatch each on a few
-thousand numbers at batch 25. Here each term is one pass that writes its rows of G and
-adds them to db, summed in float64 (torch sums G in float32), each G rounded once.
+wake and sleep terms, and a sum over rows, each a pass over memory and a few
+microseconds of dispatch. Here each term is one pass that writes its rows of G and adds
+them to db, in G's dtype with torch's roundings of each operation (the sums' order may
+differ). On SBN 200's RWS step (K = 5, one thread) the G and bias sums of a step took
+0.20 ms at batch 100 and 0.10 ms at batch 25, against 0.47 and 0.18 ms for the torch
+operations of ``sbn_gradients._dlogits``' fallback.
 """
 from __future__ import annotations
 

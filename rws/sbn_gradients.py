@@ -34,10 +34,10 @@ G^T y is finite. The methods therefore report the loss's finiteness for both and
 the gradient-norm check of ``Method.backward`` (3-5% of an RWS step at K = 5).
 
 G itself and its bias sum come from one compiled pass a term (``rws.dlogits_kernel``;
-torch's subtraction, multiplication, sums and concatenation where numba is off): RWS
-K = 5, one thread, alternating in one process, SBN 200 x1.02 at batch 25 and x1.07 at
-batch 100 (the torch operations took 0.47 ms a step there, the pass 0.20), DARN 200
-x1.05 and x1.03.
+torch's subtraction, multiplication, sums and concatenation where numba is off). RWS
+K = 5, one thread, against the in-place torch operations it replaced (processes
+alternating, three or four rounds): SBN 200 x1.01 at batch 25 and x1.01-1.06 at batch
+100, DARN 200 x1.03 and x1.02.
 
 ``propose`` draws the proposals; ``add_wake_gradients`` takes any per-sample weights of
 log p and log q (RWS, ``rws.rws``: w~ for both; wake-sleep: 1 for log p; VIMCO,
