@@ -269,7 +269,7 @@ def add_wake_gradients(model, props: Proposals, p_weights: torch.Tensor,
             ys = [props.q_inputs[l]]
         if isinstance(layer, DARN):      # its own units' term: each draw's own G
             G_x = G
-            if q_weights is not None and terms[0][4]:
+            if q_weights is not None and terms[0][4]:     # (G summed over K for y U)
                 G_x = _dlogits([(props.q_probs[l], hs[l + 1], q_weights, scale / B, False)]
                                + terms[1:], layer.n_x)[0]
             _add_darn_grads(layer, G, db, _rows(*ys), G_x, _rows(*xs))
