@@ -47,7 +47,7 @@ def uniform(shape, generator: torch.Generator | None = None, device=None,
         # other devices' onto the lattice, which ``layers.bernoulli.exact_tails`` relies on
         return u.mul_(2.0 ** 24).floor_().clamp_(max=_MASK).mul_(_SCALE).to(dtype)
     seed = stream_seed(generator)
-    if sfc64.numba is not None and jit.kernels_on():
+    if jit.kernels_on():                 # numba there, RWS_NUMBA not "0"
         u = np.empty(n, _NUMPY[dtype])               # the same numbers, compiled (rws.sfc64)
         sfc64.lattice_uniforms(seed, u)
         return torch.from_numpy(u).view(shape)
