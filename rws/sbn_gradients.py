@@ -250,10 +250,12 @@ def add_wake_gradients(model, props: Proposals, p_weights: torch.Tensor,
     # G^T y for both
     dreams = props.dreams
     for l, layer in enumerate(model.q_layers):
+        darn = isinstance(layer, DARN)   # (its own units' term needs each draw's own G)
         terms, ys, xs = [], [], []
-        if q_weights is not None:        # G summed over the K samples that share y
-            shared = hs[l].shape[1] < K
-            terms.append((props.q_probs[l], hs[l + 1], q_weights, scale / B, shared))
+        shared = hs[l].shape[1] < K      # y once per point: G summed over its K samples
+        if q_weights is not None:
+            terms.append((props.q_probs[l], hs[l + 1], q_weights, scale / B,
+                          shared and not darn))
             ys.append(hs[l].reshape(-1, layer.n_y))               # [B or B*K, n_y]
             xs.append(hs[l + 1].reshape(B * K, -1))
         if dreams is not None:
@@ -267,14 +269,13 @@ def add_wake_gradients(model, props: Proposals, p_weights: torch.Tensor,
         G, db = _dlogits(terms, layer.n_x)
         if len(ys) == 2:                 # both terms: the inputs stacked in ``propose``
             ys = [props.q_inputs[l]]
-        if isinstance(layer, DARN):      # its own units' term: each draw's own G
-            G_x = G
-            if q_weights is not None and terms[0][4]:     # (G summed over K for y U)
-                G_x = _dlogits([(props.q_probs[l], hs[l + 1], q_weights, scale / B, False)]
-                               + terms[1:], layer.n_x)[0]
-            _add_darn_grads(layer, G, db, _rows(*ys), G_x, _rows(*xs))
-        else:
+        if not darn:
             _add_linear_grads(layer, G, db, _rows(*ys))
+            continue
+        G_x = G                          # each draw's own; summed over K for y U
+        if q_weights is not None and shared:
+            G = _rows(G[:B * K].view(B, K, -1).sum(1), *([G[B * K:]] if dreams else []))
+        _add_darn_grads(layer, G, db, _rows(*ys), G_x, _rows(*xs))
 
 
 @torch.no_grad()
