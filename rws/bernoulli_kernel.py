@@ -144,17 +144,30 @@ def draw(shape, p: torch.Tensor, generator: torch.Generator | None,
     if c is None or pp is None:
         return None
     x = np.empty(shape3, pp.dtype)
+    fill(x, pp, c, generator, logits is not None)
+    return torch.from_numpy(x).view(shape)
+
+
+_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def fill(x: np.ndarray, p: np.ndarray, c: np.ndarray, generator: torch.Generator | None,
+         from_logits: bool) -> None:
+    """``draw``'s work on NumPy arrays of one dtype, float32 or float64: x [A, n, R] <-
+    [u < p] with the tail draws decided again, for p [A, 1 or n, R] and c, p's logits
+    (from_logits) or p itself; the generator consumed as ``draw`` consumes it."""
+    n_draws = x.size
+    dtype = _TORCH[x.dtype]
     idx = np.empty(n_draws, np.int64)
-    if rng.streamed(n_draws, p.device, p.dtype):
-        ut = np.empty(n_draws, pp.dtype)
-        m = _stream_compare(rng.stream_seed(generator), pp, x, idx, ut)
+    if rng.streamed(n_draws, rng.CPU, dtype):
+        ut = np.empty(n_draws, x.dtype)
+        m = _stream_compare(rng.stream_seed(generator), p, x, idx, ut)
     else:
-        u3 = rng.uniform(shape, generator, p.device, p.dtype).numpy().reshape(shape3)
-        _compare(u3, pp, x)
+        u3 = rng.uniform(x.shape, generator, rng.CPU, dtype).numpy()
+        _compare(u3, p, x)
         tail = u3.dtype.type(rng.TAIL_CELLS * 2.0 ** -24)
         m = ar_kernels.tail_search(u3.reshape(-1), tail, 1 - tail, idx)
         ut = u3.reshape(-1)[idx[:m]]
     if m:   # V as rng.tail_uniforms draws it, so both paths consume the same numbers
         v = torch.rand(m, generator=generator, dtype=torch.float64).numpy()
-        _refine(ut, c, x, idx[:m], v, logits is not None)
-    return torch.from_numpy(x).view(shape)
+        _refine(ut, c, x, idx[:m], v, from_logits)

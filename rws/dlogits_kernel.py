@@ -92,3 +92,10 @@ def dlogits(terms, n: int):
     for p, h, w, c, r0, R_G in arrays:
         _rows(p, h, w, c, G[r0:r0 + R_G], db)
     return torch.from_numpy(G), torch.from_numpy(db)
+
+
+def rows(p: np.ndarray, h: np.ndarray, w, c: float, G: np.ndarray, db: np.ndarray) -> None:
+    """One term of ``dlogits`` on NumPy arrays: G <- c w (p - h) for p and h [R or 1,
+    S or 1, n] and w [R, S] (None: 1), G [R * S, n] or, with R rows, summed over s;
+    db [n] += G's rows."""
+    _rows(p, h, w, c, G, db)

@@ -218,9 +218,20 @@ def log_prob(a: torch.Tensor, x: torch.Tensor, probs: bool = False, clamp: bool 
         return None
     out = np.empty((A, n), np.float32)
     a3 = a.contiguous().numpy().reshape(A, -1, D)
-    s = np.empty(a3.shape if probs else (0, 0, 0), np.float32)
-    _log_prob_rows(a3, x.contiguous().numpy().reshape(A, -1, D), out, s, clamp)
-    if ar_kernels.on_work is not None:           # one exponential per logit
-        ar_kernels._count(0, a3.size)
+    s = np.empty(a3.shape, np.float32) if probs else None
+    log_prob_rows(a3, x.contiguous().numpy().reshape(A, -1, D), out, s, clamp)
     out = torch.from_numpy(out).view(lead)
     return (out, torch.from_numpy(s).view(a.shape)) if probs else out
+
+
+_NO_PROBS = np.empty((0, 0, 0), np.float32)
+
+
+def log_prob_rows(a3: np.ndarray, x3: np.ndarray, out: np.ndarray, probs=None,
+                  clamp: bool = False) -> None:
+    """``log_prob``'s kernel on float32 NumPy arrays in its layout: out [A, n] <- the
+    sums over rows of a3 and x3 ([A, 1 or n, D] each); probs (a3's shape, or None)
+    <- sigmoid(a3)."""
+    _log_prob_rows(a3, x3, out, _NO_PROBS if probs is None else probs, clamp)
+    if ar_kernels.on_work is not None:           # one exponential per logit
+        ar_kernels._count(0, a3.size)

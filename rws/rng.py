@@ -31,7 +31,7 @@ FAST_MIN = 1 << 11
 _MASK = (1 << 24) - 1
 _SCALE = 2.0 ** -24
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
-_CPU = torch.device("cpu")
+CPU = torch.device("cpu")
 
 
 def uniform(shape, generator: torch.Generator | None = None, device=None,
@@ -39,7 +39,7 @@ def uniform(shape, generator: torch.Generator | None = None, device=None,
     """U[0, 1) numbers of ``shape`` from ``generator`` (None: torch's default)."""
     shape = tuple(shape)
     n = math.prod(shape)
-    device = _CPU if device is None else torch.device(device)
+    device = CPU if device is None else torch.device(device)
     if not streamed(n, device, dtype):
         u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
         if device.type == "cpu":     # torch's CPU float32 draws are k / 2^24 already

@@ -28,7 +28,7 @@ import warnings
 
 import torch
 
-from rws import sbn_gradients, weights_kernel
+from rws import sbn_gradients, sbn_step, weights_kernel
 from rws.errors import UserError
 from rws.methods import Method, bounded_gradient, sleep_phi_loss
 
@@ -104,6 +104,7 @@ class RWS(Method):
                           "use K > 1 or --no-wake-q (classical wake-sleep)", stacklevel=2)
         self.wake_q, self.sleep_q, self.n_dreams = wake_q, sleep_q, n_dreams
         self.sleep_phase = sleep_q
+        self._sbn_steps = sbn_step.Steps()     # (buffers, not state)
 
     def _dreams(self, x) -> int:
         """Dreams of this update's sleep-Q term (0: none, or a separate sleep update)."""
@@ -120,12 +121,16 @@ class RWS(Method):
         return loss + sleep, {"train_ll": train_ll}
 
     def backward(self, x, generator=None, scale=1.0):
-        """The gradient of ``loss``; for sigmoid belief networks in closed form, on the
-        same samples (``rws.sbn_gradients``)."""
+        """The gradient of ``loss``; for sigmoid belief networks and DARNs in closed form,
+        on the same samples (``rws.sbn_gradients``; for SBNs on buffers kept from step to
+        step, ``rws.sbn_step``)."""
         if not sbn_gradients.supported(self.model):    # autograd: NADE, clamped layers, ...
             return super().backward(x, generator, scale,
                                     check_gradient=not bounded_gradient(self.model))
         n = self._dreams(x)
+        step = self._sbn_steps.get(self.model, x, self.K, n)
+        if step is not None:             # the same arithmetic on kept buffers
+            return step.backward(x, generator, scale, self.wake_q)
         dreams = self.model.sample_p(n, generator) if n else None
         props = sbn_gradients.propose(self.model, x, self.K, generator, dreams)
         # the loss is finite unless a weight is NaN or +inf (log w = -inf counts for

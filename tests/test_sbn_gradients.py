@@ -3,7 +3,7 @@ the surrogate losses on the same samples, and against exact gradients by enumera
 import pytest
 import torch
 
-from rws import ar_kernels, logprob_kernel, methods, sbn_gradients, zoo
+from rws import ar_kernels, logprob_kernel, methods, sbn_gradients, sbn_step, zoo
 from rws.methods import Method
 from rws.rws import normalized_weights
 from rws.train import OPTIMIZERS, train_step
@@ -43,8 +43,11 @@ def grads_of(module, backward, x, seed, scale=1.0, parts=1):
 def test_closed_form_equals_autograd_on_the_same_samples(monkeypatch, spec, n_data, method, K,
                                                          options, parts):
     """The algebra: both sides score with torch's float32 operations (the compiled
-    log-probability, whose roundings differ, is compared in the test below)."""
+    log-probability, whose roundings differ, is compared in the test below; the kept
+    buffers of ``rws.sbn_step``, whose kernels take no detour through ``log_prob``, are
+    left out: they give what ``sbn_gradients`` gives, tests/test_sbn_step.py)."""
     monkeypatch.setattr(logprob_kernel, "log_prob", lambda *args, **kw: None)
+    monkeypatch.setattr(sbn_step.Steps, "get", lambda *args: None)
     monkeypatch.setattr(logprob_kernel, "softplus_sum", lambda a: None)
     model = tiny_model(spec, n_data=n_data, seed=3, scale=0.7)
     m = methods.build(method, model, K, **options)
