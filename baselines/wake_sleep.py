@@ -6,7 +6,7 @@
 One sample per point; Q learns only from P's dreams. It is RWS with K = 1 and wake-Q
 off (with one sample the normalised weight is 1), which a test checks against
 ``rws.rws.RWS``; this module computes it directly (for sigmoid belief networks in
-closed form, ``rws.sbn_gradients``).
+closed form, ``rws.sbn_gradients``, on kept buffers ``rws.sbn_step`` where it serves).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from rws import sbn_gradients
+from rws import sbn_gradients, sbn_step
 from rws.errors import UserError
 from rws.methods import Method, sleep_phi_loss
 
@@ -30,6 +30,7 @@ class WakeSleep(Method):
             raise UserError(f"ws (classical wake-sleep) draws one sample per point, got K={K}; "
                             "drop -K, or use --method rws --no-wake-q for K samples")
         self.n_dreams = n_dreams
+        self._sbn_steps = sbn_step.Steps()     # (buffers, not state)
 
     def _dreams(self, x) -> int:
         """Dreams of this update's sleep phase (0: a separate sleep update)."""
@@ -47,6 +48,9 @@ class WakeSleep(Method):
         if not sbn_gradients.supported(self.model):
             return super().backward(x, generator, scale)
         n = self._dreams(x)
+        step = self._sbn_steps.get(self.model, x, 1, n)
+        if step is not None:             # the same arithmetic on kept buffers
+            return step.backward(x, generator, scale, wake_q=False, wake_sleep=True)
         dreams = self.model.sample_p(n, generator) if n else None
         props = sbn_gradients.propose(self.model, x, 1, generator, dreams)
         log_p, log_q = props.log_p, props.log_q                                   # [B, 1]

@@ -88,11 +88,14 @@ class SBNStep:
         return self.hs_np[l][:self.R[l]].reshape(self.B, -1, self.sizes[l])
 
     @torch.no_grad()
-    def backward(self, x: torch.Tensor, generator, scale: float = 1.0, wake_q: bool = True):
+    def backward(self, x: torch.Tensor, generator, scale: float = 1.0, wake_q: bool = True,
+                 wake_sleep: bool = False):
         """``rws.rws.RWS.backward`` on these buffers: add ``scale`` x the RWS gradient
         (wake-P, wake-Q if ``wake_q``, sleep-Q on the n dreams) of x [B, D] to the
         parameters' (empty) ``.grad``. Returns (every log w < +inf, {"train_ll": the
-        minibatch mean of log p^_K(x)})."""
+        minibatch mean of log p^_K(x)}). With ``wake_sleep`` (K = 1, no wake-Q), that of
+        ``baselines.wake_sleep.WakeSleep.backward``: the one sample's weight is 1, and
+        the update is finite where every log w < +inf and log p > -inf."""
         B, K, n, L, R = self.B, self.K, self.n, self.L, self.R
         hs, hn = self.hs, self.hs_np
         P, Q = list(self.model.p_layers), list(self.model.q_layers)
@@ -126,7 +129,16 @@ class SBNStep:
         logprob_kernel.log_prob_rows(a_top, hn[L][:B * K].reshape(1, B * K, -1),
                                      self.log_p[L].reshape(1, -1), self.stop)
         log_p, log_q = self._total(self.log_p, self.log_p_sum), self._total(self.log_q, self.log_q_sum)
-        total, finite = weights_kernel.weigh_rows(log_p, log_q, self.w)
+        if wake_sleep:
+            self.w.fill(1.0)
+            log_p, log_q = torch.from_numpy(log_p), torch.from_numpy(log_q)
+            log_w = log_p - log_q
+            finite = (log_w < math.inf).all() & (log_p > -math.inf).all()
+            train_ll = log_w.mean()
+        else:
+            total, finite = weights_kernel.weigh_rows(log_p, log_q, self.w)
+            finite = torch.tensor(finite)
+            train_ll = torch.tensor(total / B - math.log(K), dtype=torch.float64)
         # wake-P, then the prior's bias, then Q (wake and dreams in one G^T y)
         c, w = scale / B, self.w
         for l in range(L):
@@ -153,8 +165,7 @@ class SBNStep:
             G_rows = (rows if wake_q else 0) + n
             Q[l].W.grad = torch.mm(self.Gq[l][:G_rows].t(), y)
             Q[l].b.grad = torch.from_numpy(db)
-        train_ll = torch.tensor(total / B - math.log(K), dtype=torch.float64)
-        return torch.tensor(finite), {"train_ll": train_ll}
+        return finite, {"train_ll": train_ll}
 
     @staticmethod
     def _total(parts: list, out: np.ndarray) -> np.ndarray:

@@ -12,15 +12,17 @@ from tests.conftest import tiny_model
 
 pytestmark = pytest.mark.skipif(not jit.kernels_on(), reason="needs numba's kernels")
 
-# (spec, data size, K, options); sbn:200-10 draws >= 2048 numbers a call (the streamed
-# uniforms, with tail draws refined) and fewer (torch's), the others few
-CASES = [("sbn:200-10", 30, 5, {}),
-         ("sbn:20", 30, 5, {}),
-         ("sbn:6-4-3", 8, 4, {}),
-         ("sbn:6-4-3", 8, 3, {"wake_q": False}),
-         ("sbn:6-4-3", 8, 3, {"sleep_q": False}),
-         ("sbn:6-4-3", 8, 1, {"wake_q": False, "n_dreams": 5}),
-         ("sbn:6-4", 8, 2, {"n_dreams": 40})]
+# (method, spec, data size, K, options); sbn:200-10 draws >= 2048 numbers a call (the
+# streamed uniforms, with tail draws refined) and fewer (torch's), the others few
+CASES = [("rws", "sbn:200-10", 30, 5, {}),
+         ("rws", "sbn:20", 30, 5, {}),
+         ("rws", "sbn:6-4-3", 8, 4, {}),
+         ("rws", "sbn:6-4-3", 8, 3, {"wake_q": False}),
+         ("rws", "sbn:6-4-3", 8, 3, {"sleep_q": False}),
+         ("rws", "sbn:6-4-3", 8, 1, {"wake_q": False, "n_dreams": 5}),
+         ("rws", "sbn:6-4", 8, 2, {"n_dreams": 40}),
+         ("ws", "sbn:200-10", 30, 1, {}),
+         ("ws", "sbn:6-4-3", 8, 1, {"n_dreams": 5})]
 
 
 def _data(n_data, rows=12, seed=4):
@@ -40,9 +42,9 @@ def _without_buffers(monkeypatch):
     monkeypatch.setattr(sbn_step.Steps, "get", lambda *args: None)
 
 
-@pytest.mark.parametrize("spec,n_data,K,options", CASES)
-def test_kept_buffers_give_the_same_update(monkeypatch, spec, n_data, K, options):
-    m = methods.build("rws", tiny_model(spec, n_data=n_data, seed=3, scale=0.7), K, **options)
+@pytest.mark.parametrize("method,spec,n_data,K,options", CASES)
+def test_kept_buffers_give_the_same_update(monkeypatch, method, spec, n_data, K, options):
+    m = methods.build(method, tiny_model(spec, n_data=n_data, seed=3, scale=0.7), K, **options)
     x = _data(n_data)
     kept, out, state = _update(m, x, 5)
     assert len(m._sbn_steps._steps) == 1              # the buffers served
