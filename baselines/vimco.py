@@ -8,7 +8,8 @@ score-function gradients for discrete latents and a leave-one-out baseline per s
 where L^_{-k} is L^ with log w_k replaced by the mean of the other K - 1 log weights.
 Surrogate loss (minimised): -L^ - sum_k sg[L^ - L^_{-k}] log q(h_k | x). Needs K >= 2.
 For sigmoid belief networks the gradient is taken in closed form (``rws.sbn_gradients``):
-the loss's derivative is -w~_k in log p(x, h_k) and w~_k - (L^ - L^_{-k}) in log q(h_k | x).
+the loss's derivative is -w~_k in log p(x, h_k) and w~_k - (L^ - L^_{-k}) in log q(h_k | x)
+(for stacks of SBN layers on buffers kept from step to step, ``rws.sbn_step``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import math
 
 import torch
 
-from rws import sbn_gradients
+from rws import sbn_gradients, sbn_step
 from rws.errors import UserError
 from rws.methods import Method
 
@@ -40,6 +41,7 @@ class VIMCO(Method):
         super().__init__(model, K)
         if K < 2:
             raise UserError(f"vimco needs K >= 2 samples for its leave-one-out baseline, got K={K}")
+        self._sbn_steps = sbn_step.Steps()     # (buffers, not state)
 
     def _bound_and_loss(self, log_p, log_q):
         """L^ [B], the learning signals L^ - L^_{-k} [B, K] (detached), the surrogate loss."""
@@ -57,9 +59,8 @@ class VIMCO(Method):
     def backward(self, x, generator=None, scale=1.0):
         if not sbn_gradients.supported(self.model):
             return super().backward(x, generator, scale)
-        props = sbn_gradients.propose(self.model, x, self.K, generator)
-        log_p, log_q = props.log_p, props.log_q                                   # [B, K]
-        bound, signal, loss = self._bound_and_loss(log_p, log_q)
+        log_p, log_q, add = self._sbn_steps.propose(self.model, x, self.K, 0, generator)
+        bound, signal, loss = self._bound_and_loss(log_p, log_q)                 # [B, K]
         w = torch.softmax(log_p - log_q, 1)                                       # d L^ / d log w
-        sbn_gradients.add_wake_gradients(self.model, props, w, signal - w, scale)
+        add(w, signal - w, scale)
         return torch.isfinite(loss), {"train_ll": bound.mean()}

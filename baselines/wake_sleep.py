@@ -47,13 +47,8 @@ class WakeSleep(Method):
     def backward(self, x, generator=None, scale=1.0):
         if not sbn_gradients.supported(self.model):
             return super().backward(x, generator, scale)
-        n = self._dreams(x)
-        step = self._sbn_steps.get(self.model, x, 1, n)
-        if step is not None:             # the same arithmetic on kept buffers
-            return step.backward(x, generator, scale, wake_q=False, wake_sleep=True)
-        dreams = self.model.sample_p(n, generator) if n else None
-        props = sbn_gradients.propose(self.model, x, 1, generator, dreams)
-        log_p, log_q = props.log_p, props.log_q                                   # [B, 1]
-        sbn_gradients.add_wake_gradients(self.model, props, torch.ones_like(log_p), None, scale)
+        log_p, log_q, add = self._sbn_steps.propose(self.model, x, 1, self._dreams(x),
+                                                    generator)                   # [B, 1]
+        add(torch.ones_like(log_p), None, scale)
         log_w = log_p - log_q
         return (log_w < math.inf).all() & (log_p > -math.inf).all(), {"train_ll": log_w.mean()}

@@ -127,14 +127,10 @@ class RWS(Method):
         if not sbn_gradients.supported(self.model):    # autograd: NADE, clamped layers, ...
             return super().backward(x, generator, scale,
                                     check_gradient=not bounded_gradient(self.model))
-        n = self._dreams(x)
-        step = self._sbn_steps.get(self.model, x, self.K, n)
-        if step is not None:             # the same arithmetic on kept buffers
-            return step.backward(x, generator, scale, self.wake_q)
-        dreams = self.model.sample_p(n, generator) if n else None
-        props = sbn_gradients.propose(self.model, x, self.K, generator, dreams)
+        log_p, log_q, add = self._sbn_steps.propose(self.model, x, self.K, self._dreams(x),
+                                                    generator)
         # the loss is finite unless a weight is NaN or +inf (log w = -inf counts for
         # nothing), and then so is the gradient (``rws.sbn_gradients``)
-        w, train_ll, finite = weigh(props.log_p, props.log_q)      # [B, K], [], []
-        sbn_gradients.add_wake_gradients(self.model, props, w, w if self.wake_q else None, scale)
+        w, train_ll, finite = weigh(log_p, log_q)                  # [B, K], [], []
+        add(w, w if self.wake_q else None, scale)
         return finite, {"train_ll": train_ll}

@@ -1,28 +1,32 @@
-"""An RWS update of a sigmoid belief network on buffers kept from one step to the next.
+"""RWS, wake-sleep and VIMCO updates of sigmoid belief networks on buffers kept from
+one step to the next.
 
-``rws.sbn_gradients`` gives the RWS gradients of an SBN in closed form (Bornschein &
-Bengio, "Reweighted Wake-Sleep", ICLR 2015, Sec. 2-3):
+``rws.sbn_gradients`` gives their gradients in closed form (Bornschein & Bengio,
+"Reweighted Wake-Sleep", ICLR 2015, Sec. 2-3; Hinton et al. 1995; Mnih & Rezende 2016),
+from K proposals h_k ~ q(h | x) with per-sample weights held constant:
 
-    wake-P,  P layer l:  dW_l = sum_{b,k} w~_bk (h_l - sigmoid(a_l)) h_{l+1}^T
-    wake-Q,  Q layer l:  dV_l = sum_{b,k} w~_bk (h_{l+1} - sigmoid(c_l)) h_l^T
-    sleep-Q, Q layer l:  dV_l = mean_n (h_{l+1} - sigmoid(c_l)) h_l^T   over dreams ~ p
+    P layer l:  dW_l = sum_{b,k} wp_bk (h_l - sigmoid(a_l)) h_{l+1}^T
+    Q layer l:  dV_l = sum_{b,k} wq_bk (h_{l+1} - sigmoid(c_l)) h_l^T
+                     + mean_n (h_{l+1} - sigmoid(c_l)) h_l^T   over dreams (x, h) ~ p
 
-Each of its steps allocates its tensors afresh, and each call of a compiled kernel
-turns its tensors into NumPy arrays and back: at batch 25 an RWS step on SBN 200 ran
-some 115 aten operations, 90 of them views, detaches and conversions, and its fixed
-time per step (0.84 ms) held a batch-25 epoch at x1.37 of a batch-100 one. Here the
-same arithmetic runs on buffers made once per shape (points, dreams), with their NumPy
-views made once: the products write into them (``out=``) and the kernels
-(``bernoulli_kernel.fill``, ``logprob_kernel.log_prob_rows``,
-``weights_kernel.weigh_rows``, ``dlogits_kernel.rows``) read and write the views. The
-units of layer l sit in one buffer, the wake rows (the data for l = 0, the K proposals
-of each point above) then the dreams', so Q's logits on both come from one product and
-its gradient from one G^T y without a concatenation.
+(RWS: wp = wq = w~, the normalised weights; wake-sleep: wp = 1, no wq; VIMCO: w~ and its
+learning signal minus w~). Each of its steps allocates its tensors afresh, and each call
+of a compiled kernel turns its tensors into NumPy arrays and back: at batch 25 an RWS
+step on SBN 200 ran some 115 aten operations, 90 of them views, detaches and
+conversions, and its fixed time per step (0.84 ms) held a batch-25 epoch at x1.37 of a
+batch-100 one. Here the same arithmetic runs on buffers made once per shape (points,
+proposals, dreams), with their NumPy views made once: the products write into them
+(``out=``) and the kernels (``bernoulli_kernel.fill``, ``logprob_kernel.log_prob_rows``,
+``dlogits_kernel.rows``) read and write the views. The units of layer l sit in one
+buffer, the wake rows (the data for l = 0, the K proposals of each point above) then the
+dreams', so Q's logits on both come from one product and its gradient from one G^T y
+without a concatenation. RWS K = 5 on SBN 200, one thread, the two paths alternating in
+one process: batch 25 2.22 -> 1.99 ms, batch 100 6.73 -> 6.51 ms.
 
-The draws, the operations and their order are those of ``sbn_gradients.propose`` and
-``add_wake_gradients`` (dreams first, the generator consumed alike), so the gradients,
-the weights and log p^ are the same bit for bit (tests check). Gradients are fresh
-tensors each step, as there.
+``SBNStep.propose`` and ``add_wake_gradients`` draw, compute and order as their
+namesakes in ``sbn_gradients`` (the dreams first, the generator consumed alike), so the
+draws, log p, log q and the gradients are the same bit for bit (tests check). Gradients
+are fresh tensors each step, as there.
 
 ``Steps.get`` serves an update where every layer of P and Q is an unclamped SBN (an
 ``SBNTop`` prior), the data and parameters are float32 on a CPU, numba's kernels are on
@@ -32,12 +36,12 @@ gradient yet (one pass per update; a second micro-batch adds through
 """
 from __future__ import annotations
 
-import math
+from functools import partial
 
 import numpy as np
 import torch
 
-from rws import bernoulli_kernel, bf16, dlogits_kernel, jit, logprob_kernel, weights_kernel
+from rws import bernoulli_kernel, bf16, dlogits_kernel, jit, logprob_kernel, sbn_gradients
 from rws.layers import SBN, SBNTop
 
 
@@ -48,8 +52,8 @@ def _pair(*shape):
 
 
 class SBNStep:
-    """The buffers of RWS updates of ``model`` (L latent layers) on B points, K
-    proposals a point and n dreams.
+    """The buffers of updates of ``model`` (L latent layers) on B points, K proposals a
+    point and n dreams.
 
     Units h_l (h_0 = x): ``hs[l]`` [R_l + n, n_l], R_0 = B and R_l = B K above: the wake
     rows, then the dreams' rows. Q layer l: logits ``qc[l]`` and sigmoids ``qp[l]`` on
@@ -58,7 +62,7 @@ class SBNStep:
     l < L: logits ``pa[l]`` and sigmoids ``pp[l]`` on the proposals [B K, n_l], its G
     ``Gp[l]``; ``da[l]``, ``dp[l]`` on the dreams [n, n_l]. The top prior: sigmoid(a)
     ``ptop`` [n_L] for the dreams, the kernel's ``stop`` [1, 1, n_L] for the gradient.
-    log p_l, log q_l, their sums and w~: [B, K].
+    log p_l, log q_l and their sums: [B, K].
     """
 
     def __init__(self, model, B: int, K: int, n: int):
@@ -79,29 +83,26 @@ class SBNStep:
         self.ptop, self.ptop_np = _pair(sizes[L])
         self.stop = np.empty((1, 1, sizes[L]), np.float32)
         self.G_top = np.empty((B, sizes[L]), np.float32)     # (summed; only db is kept)
+        self.log_p_t, self.log_p_sum = _pair(B, K)
+        self.log_q_t, self.log_q_sum = _pair(B, K)
         self.log_p = [np.empty((B, K), np.float32) for _ in range(L + 1)]
-        self.log_q = [np.empty((B, K), np.float32) for _ in range(L)]
-        self.log_p_sum, self.log_q_sum, self.w = (np.empty((B, K), np.float32) for _ in "pqw")
+        self.log_q = [np.empty((B, K), np.float32) for _ in range(L)] if L > 1 else [self.log_q_sum]
 
     def _units(self, l: int) -> np.ndarray:
         """h_l of the wake rows as the kernels take it: x [B, 1, D], proposals [B, K, n_l]."""
         return self.hs_np[l][:self.R[l]].reshape(self.B, -1, self.sizes[l])
 
     @torch.no_grad()
-    def backward(self, x: torch.Tensor, generator, scale: float = 1.0, wake_q: bool = True,
-                 wake_sleep: bool = False):
-        """``rws.rws.RWS.backward`` on these buffers: add ``scale`` x the RWS gradient
-        (wake-P, wake-Q if ``wake_q``, sleep-Q on the n dreams) of x [B, D] to the
-        parameters' (empty) ``.grad``. Returns (every log w < +inf, {"train_ll": the
-        minibatch mean of log p^_K(x)}). With ``wake_sleep`` (K = 1, no wake-Q), that of
-        ``baselines.wake_sleep.WakeSleep.backward``: the one sample's weight is 1, and
-        the update is finite where every log w < +inf and log p > -inf."""
+    def propose(self, x: torch.Tensor, generator):
+        """``sbn_gradients.propose`` on these buffers, the n dreams drawn first (as
+        ``model.sample_p``): x [B, D] -> (log p(x, h), log q(h | x)) [B, K], views of
+        the buffers that the next call overwrites."""
         B, K, n, L, R = self.B, self.K, self.n, self.L, self.R
         hs, hn = self.hs, self.hs_np
         P, Q = list(self.model.p_layers), list(self.model.q_layers)
         top = P[L]
         a_top = top.a.detach().numpy()[None, None]                       # [1, 1, n_L]
-        # the dreams, top down (``model.sample_p``)
+        # the dreams, top down
         if n:
             torch.sigmoid(top.a, out=self.ptop)
             bernoulli_kernel.fill(hn[L][R[L]:].reshape(1, n, -1), self.ptop_np[None, None],
@@ -128,19 +129,25 @@ class SBNStep:
                                          self.log_p[l], self.pp_np[l])
         logprob_kernel.log_prob_rows(a_top, hn[L][:B * K].reshape(1, B * K, -1),
                                      self.log_p[L].reshape(1, -1), self.stop)
-        log_p, log_q = self._total(self.log_p, self.log_p_sum), self._total(self.log_q, self.log_q_sum)
-        if wake_sleep:
-            self.w.fill(1.0)
-            log_p, log_q = torch.from_numpy(log_p), torch.from_numpy(log_q)
-            log_w = log_p - log_q
-            finite = (log_w < math.inf).all() & (log_p > -math.inf).all()
-            train_ll = log_w.mean()
-        else:
-            total, finite = weights_kernel.weigh_rows(log_p, log_q, self.w)
-            finite = torch.tensor(finite)
-            train_ll = torch.tensor(total / B - math.log(K), dtype=torch.float64)
+        for parts, out in ((self.log_p, self.log_p_sum), (self.log_q, self.log_q_sum)):
+            if len(parts) > 1:            # parts[0] + parts[1] + ... in order, as there
+                np.add(parts[0], parts[1], out=out)
+                for part in parts[2:]:
+                    np.add(out, part, out=out)
+        return self.log_p_t, self.log_q_t
+
+    @torch.no_grad()
+    def add_wake_gradients(self, p_weights: torch.Tensor, q_weights=None,
+                           scale: float = 1.0) -> None:
+        """``sbn_gradients.add_wake_gradients`` after ``propose``: set ``.grad`` to the
+        gradient of -(scale / B) sum_{b,k} [p_weights_bk log p(x_b, h_bk) + q_weights_bk
+        log q(h_bk | x_b)], weights [B, K] held constant (``q_weights`` None: no wake-Q
+        term), plus the sleep-Q loss -(scale / n) sum log q(h | x) over the dreams."""
+        B, K, n, L, R = self.B, self.K, self.n, self.L, self.R
+        hs, hn = self.hs, self.hs_np
+        P, Q = list(self.model.p_layers), list(self.model.q_layers)
+        c, w = scale / B, p_weights.detach().contiguous().numpy()
         # wake-P, then the prior's bias, then Q (wake and dreams in one G^T y)
-        c, w = scale / B, self.w
         for l in range(L):
             db = np.zeros(self.sizes[l], np.float32)
             dlogits_kernel.rows(self.pp_np[l], self._units(l), w, c, self.Gp_np[l], db)
@@ -148,34 +155,26 @@ class SBNStep:
             P[l].b.grad = torch.from_numpy(db)
         db = np.zeros(self.sizes[L], np.float32)
         dlogits_kernel.rows(self.stop, self._units(L), w, c, self.G_top, db)
-        top.a.grad = torch.from_numpy(db)
+        P[L].a.grad = torch.from_numpy(db)
+        wq = None if q_weights is None else q_weights.detach().contiguous().numpy()
         for l in range(L):
             rows = B if l == 0 else B * K
             db = np.zeros(self.sizes[l + 1], np.float32)
             G = self.Gq_np[l]
-            if wake_q:
+            if wq is not None:
                 shape = (B, -1, self.sizes[l + 1])
                 dlogits_kernel.rows(self.qp_np[l][:R[l]].reshape(shape), self._units(l + 1),
-                                    w, c, G[:rows], db)
+                                    wq, c, G[:rows], db)
+            elif not n:
+                continue
             if n:
-                r0 = rows if wake_q else 0
+                r0 = 0 if wq is None else rows
                 dlogits_kernel.rows(self.qp_np[l][R[l]:][:, None], hn[l + 1][R[l + 1]:][:, None],
                                     None, scale / n, G[r0:r0 + n], db)
-            y = hs[l] if wake_q and n else hs[l][:R[l]] if wake_q else hs[l][R[l]:]
-            G_rows = (rows if wake_q else 0) + n
+            y = hs[l] if wq is not None and n else hs[l][:R[l]] if n == 0 else hs[l][R[l]:]
+            G_rows = (0 if wq is None else rows) + n
             Q[l].W.grad = torch.mm(self.Gq[l][:G_rows].t(), y)
             Q[l].b.grad = torch.from_numpy(db)
-        return finite, {"train_ll": train_ll}
-
-    @staticmethod
-    def _total(parts: list, out: np.ndarray) -> np.ndarray:
-        """parts[0] + parts[1] + ... in order (as ``sbn_gradients.Proposals`` sums them)."""
-        if len(parts) == 1:
-            return parts[0]
-        np.add(parts[0], parts[1], out=out)
-        for part in parts[2:]:
-            np.add(out, part, out=out)
-        return out
 
 
 class Steps:
@@ -196,6 +195,18 @@ class Steps:
 
     def __setstate__(self, state):
         self.__init__()
+
+    def propose(self, model, x: torch.Tensor, K: int, n: int, generator):
+        """K proposals per point of x [B, D] after n dreams: (log p(x, h), log q(h | x)
+        [B, K], add(p_weights, q_weights=None, scale=1.0), which adds the gradient of
+        ``sbn_gradients.add_wake_gradients``), on kept buffers where they serve, else
+        through ``sbn_gradients``."""
+        step = self.get(model, x, K, n)
+        if step is not None:
+            return (*step.propose(x, generator), step.add_wake_gradients)
+        dreams = model.sample_p(n, generator) if n else None
+        props = sbn_gradients.propose(model, x, K, generator, dreams)
+        return props.log_p, props.log_q, partial(sbn_gradients.add_wake_gradients, model, props)
 
     def get(self, model, x: torch.Tensor, K: int, n: int) -> SBNStep | None:
         """The buffers for x [B, D] with K proposals and n dreams, or None where they do

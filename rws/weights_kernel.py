@@ -90,11 +90,5 @@ def weigh(log_p: torch.Tensor, log_q: torch.Tensor):
         return None
     p, q = log_p.detach().contiguous().numpy(), log_q.detach().contiguous().numpy()
     w = np.empty(p.shape, p.dtype)
-    total, finite = weigh_rows(p, q, w)
+    total, finite = _weigh_rows(p, q, w)
     return torch.from_numpy(w), total / p.shape[0] - math.log(p.shape[1]), finite
-
-
-def weigh_rows(log_p: np.ndarray, log_q: np.ndarray, w: np.ndarray):
-    """``weigh``'s kernel on NumPy arrays [B, K] of one dtype: w <- w~; returns (the sum
-    over rows of log sum_k exp(log w_bk) as a float64 number, every log w < +inf)."""
-    return _weigh_rows(log_p, log_q, w)

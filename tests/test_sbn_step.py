@@ -1,6 +1,6 @@
-"""rws.sbn_step: RWS updates of sigmoid belief networks on kept buffers give what
-``rws.sbn_gradients`` gives (itself checked against autograd and exact gradients),
-bit for bit: gradients, weights, log p^, draws and the generator's state after."""
+"""rws.sbn_step: RWS, wake-sleep and VIMCO updates of sigmoid belief networks on kept
+buffers give what ``rws.sbn_gradients`` gives (itself checked against autograd and exact
+gradients), bit for bit: gradients, log p^, draws and the generator's state after."""
 import copy
 
 import pytest
@@ -22,7 +22,9 @@ CASES = [("rws", "sbn:200-10", 30, 5, {}),
          ("rws", "sbn:6-4-3", 8, 1, {"wake_q": False, "n_dreams": 5}),
          ("rws", "sbn:6-4", 8, 2, {"n_dreams": 40}),
          ("ws", "sbn:200-10", 30, 1, {}),
-         ("ws", "sbn:6-4-3", 8, 1, {"n_dreams": 5})]
+         ("ws", "sbn:6-4-3", 8, 1, {"n_dreams": 5}),
+         ("vimco", "sbn:200-10", 30, 5, {}),
+         ("vimco", "sbn:6-4-3", 8, 3, {})]
 
 
 def _data(n_data, rows=12, seed=4):
