@@ -50,7 +50,7 @@ machine: 4-12% faster at batch 25, where the two phases' products have only 25 r
 each, 3-5% at batch 100; on SBN 200-200 within the noise).
 ``add_sleep_gradients`` is the sleep-Q gradient alone (a separate sleep update). NVIL
 keeps autograd: its baseline networks need it anyway, and the closed form measured no
-faster there. For stacks of SBN layers, RWS and wake-sleep updates run the same
+faster there. For stacks of SBN layers, RWS, wake-sleep and VIMCO updates run the same
 arithmetic on buffers kept from step to step (``rws.sbn_step``).
 """
 from __future__ import annotations
