@@ -66,7 +66,8 @@ class SBNStep:
     """
 
     def __init__(self, model, B: int, K: int, n: int):
-        self.model, self.B, self.K, self.n = model, B, K, n
+        self.B, self.K, self.n = B, K, n
+        self.P, self.Q = list(model.p_layers), list(model.q_layers)   # (layers fixed)
         self.L = L = len(model.q_layers)
         self.sizes = sizes = [model.q_layers[0].n_y] + [q.n_x for q in model.q_layers]
         self.R = R = [B] + [B * K] * L
@@ -97,9 +98,8 @@ class SBNStep:
         """``sbn_gradients.propose`` on these buffers, the n dreams drawn first (as
         ``model.sample_p``): x [B, D] -> (log p(x, h), log q(h | x)) [B, K], views of
         the buffers that the next call overwrites."""
-        B, K, n, L, R = self.B, self.K, self.n, self.L, self.R
+        B, K, n, L, R, P, Q = self.B, self.K, self.n, self.L, self.R, self.P, self.Q
         hs, hn = self.hs, self.hs_np
-        P, Q = list(self.model.p_layers), list(self.model.q_layers)
         top = P[L]
         a_top = top.a.detach().numpy()[None, None]                       # [1, 1, n_L]
         # the dreams, top down
@@ -143,9 +143,8 @@ class SBNStep:
         gradient of -(scale / B) sum_{b,k} [p_weights_bk log p(x_b, h_bk) + q_weights_bk
         log q(h_bk | x_b)], weights [B, K] held constant (``q_weights`` None: no wake-Q
         term), plus the sleep-Q loss -(scale / n) sum log q(h | x) over the dreams."""
-        B, K, n, L, R = self.B, self.K, self.n, self.L, self.R
+        B, K, n, L, R, P, Q = self.B, self.K, self.n, self.L, self.R, self.P, self.Q
         hs, hn = self.hs, self.hs_np
-        P, Q = list(self.model.p_layers), list(self.model.q_layers)
         c, w = scale / B, p_weights.detach().contiguous().numpy()
         # wake-P, then the prior's bias, then Q (wake and dreams in one G^T y)
         for l in range(L):
@@ -158,22 +157,21 @@ class SBNStep:
         P[L].a.grad = torch.from_numpy(db)
         wq = None if q_weights is None else q_weights.detach().contiguous().numpy()
         for l in range(L):
-            rows = B if l == 0 else B * K
+            if wq is None and not n:
+                continue                  # (Q untouched, as there)
+            rows = B if l == 0 else B * K         # G's wake rows: summed over K on the data
+            r0 = 0 if wq is None else rows        # G's first dream row
             db = np.zeros(self.sizes[l + 1], np.float32)
             G = self.Gq_np[l]
             if wq is not None:
                 shape = (B, -1, self.sizes[l + 1])
                 dlogits_kernel.rows(self.qp_np[l][:R[l]].reshape(shape), self._units(l + 1),
                                     wq, c, G[:rows], db)
-            elif not n:
-                continue
             if n:
-                r0 = 0 if wq is None else rows
                 dlogits_kernel.rows(self.qp_np[l][R[l]:][:, None], hn[l + 1][R[l + 1]:][:, None],
                                     None, scale / n, G[r0:r0 + n], db)
-            y = hs[l] if wq is not None and n else hs[l][:R[l]] if n == 0 else hs[l][R[l]:]
-            G_rows = (0 if wq is None else rows) + n
-            Q[l].W.grad = torch.mm(self.Gq[l][:G_rows].t(), y)
+            y = hs[l] if wq is not None else hs[l][R[l]:]     # the rows G's terms cover
+            Q[l].W.grad = torch.mm(self.Gq[l][:r0 + n].t(), y)
             Q[l].b.grad = torch.from_numpy(db)
 
 
@@ -187,14 +185,8 @@ class Steps:
         self._steps: dict = {}
         self._params: dict = {}        # id(model) -> its parameters, () where not all SBN
 
-    def __deepcopy__(self, memo):
-        return Steps()
-
-    def __getstate__(self):
-        return {}
-
-    def __setstate__(self, state):
-        self.__init__()
+    def __reduce__(self):                      # (copy.deepcopy and pickle alike)
+        return Steps, ()
 
     def propose(self, model, x: torch.Tensor, K: int, n: int, generator):
         """K proposals per point of x [B, D] after n dreams: (log p(x, h), log q(h | x)

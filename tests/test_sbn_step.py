@@ -2,6 +2,7 @@
 buffers give what ``rws.sbn_gradients`` gives (itself checked against autograd and exact
 gradients), bit for bit: gradients, log p^, draws and the generator's state after."""
 import copy
+import pickle
 
 import pytest
 import torch
@@ -83,14 +84,14 @@ def test_training_runs_the_same_and_its_gradients_are_fresh(monkeypatch):
 
 
 def test_a_copy_has_buffers_of_its_own():
-    """A deep copy (its NumPy views would lose their tensors) starts without buffers
-    and updates as the original does."""
+    """A deep copy or a pickle (their NumPy views would lose their tensors) starts
+    without buffers and updates as the original does."""
     m = methods.build("rws", tiny_model("sbn:20", n_data=30, seed=3), 5)
     x = _data(30)
     before = _update(m, x, 5)
-    c = copy.deepcopy(m)
-    assert not c._sbn_steps._steps
-    for got in (_update(c, x, 5), _update(m, x, 5)):
+    c, d = copy.deepcopy(m), pickle.loads(pickle.dumps(m))
+    assert not c._sbn_steps._steps and not d._sbn_steps._steps
+    for got in (_update(c, x, 5), _update(d, x, 5), _update(m, x, 5)):
         assert all(torch.equal(g, r) for g, r in zip(got[0], before[0])) and got[1] == before[1]
 
 
