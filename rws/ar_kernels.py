@@ -406,14 +406,23 @@ def _nade_for(dtype, H: int):
     return kernels
 
 
-# a counter of the work the kernels do (rws.bench sets it): on_work(vector FLOPs, sigmoids)
+# a counter of the work the kernels do (rws.bench sets it):
+# on_work(vector FLOPs, sigmoids, masked FLOPs)
 on_work = None
 
 
-def _count(vector_flops: int, sigmoids: int) -> None:
+def _count(vector_flops: int, sigmoids: int, masked_flops: int = 0) -> None:
     """Report work to ``on_work``; callers test ``on_work is not None`` first, so a
     training step does not pay for the counting (1.7 of 36 ms in a NADE/NADE step)."""
-    on_work(int(vector_flops), int(sigmoids))
+    on_work(int(vector_flops), int(sigmoids), int(masked_flops))
+
+
+def count_masked(rows: int, mask) -> None:
+    """Report the FLOPs that a dense product over ``rows`` rows, x (W * M), (x^T G) * M
+    or G (W * M)^T, spends on the zeros of a mask M: 2 x rows x M's zeros. They multiply
+    weights known to be zero, so ``rws.bench``'s floor leaves them out."""
+    if on_work is not None:
+        _count(0, 0, 2 * rows * (mask.numel() - int(mask.count_nonzero())))
 
 
 def _sigmoid_rows(x, anchored: bool) -> int:

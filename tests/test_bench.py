@@ -1,4 +1,6 @@
 """The FLOP model counts exactly the minimal matrix multiplies of a step (no waste)."""
+import math
+
 import pytest
 import torch
 
@@ -268,6 +270,24 @@ def test_work_counts_the_sigmoids_and_vector_products_of_a_nade(monkeypatch):
                               transcendentals=D * R * H + D * R)
     grad = bench.count_work(lambda: nade.log_prob(x).sum().backward())
     assert grad.transcendentals == 2 * work.transcendentals     # backward recomputes h
+
+
+@pytest.mark.parametrize("numba", ["0", "1"])
+def test_work_leaves_out_the_products_with_a_darn_masks_zeros(monkeypatch, numba):
+    """A DARN's dense x (W * M) and (x^T G) * M multiply all D^2 weights; the floor counts
+    the D (D - 1) / 2 of the strict upper triangle and y U in full: forward and weight
+    gradients, 2 R (n_y D + D (D - 1) / 2) FLOPs each."""
+    monkeypatch.setenv("RWS_NUMBA", numba)
+    D, n_y, R = 6, 4, 9
+    darn = layers.DARN(D, n_y)
+    x = torch.bernoulli(torch.full((R, D), 0.7))      # dense: the GEMMs, not the lists
+    x[0] = 1
+    y = torch.ones(R, n_y)
+    work = bench.count_work(lambda: darn.log_prob(x, y).sum().backward())
+    assert work.matmul_flops == 2 * 2 * R * (n_y * D + D * D)
+    assert work.masked_flops == 2 * 2 * R * (D * D - D * (D - 1) // 2)
+    assert work.floor(1.0, math.inf) == pytest.approx(
+        2 * 2 * R * (n_y * D + D * (D - 1) // 2) / 1e9)
 
 
 def test_floor_divides_each_count_by_its_rate():

@@ -71,7 +71,10 @@ def sparse_product(x, W, mask=None):
     with its mask M: [R, D_out]."""
     if _sparse(x, W):
         return torch.from_numpy(ar_kernels.sparse_product(*_arrays(x, W), mask is not None))
-    return x @ (W if mask is None else W * mask)
+    if mask is None:
+        return x @ W
+    ar_kernels.count_masked(x.shape[0], mask)
+    return x @ (W * mask)
 
 
 def sparse_weight_grad(x, G, mask=None):
@@ -79,7 +82,10 @@ def sparse_weight_grad(x, G, mask=None):
     if _sparse(x, G):
         return torch.from_numpy(ar_kernels.sparse_weight_grad(*_arrays(x, G), mask is not None))
     dW = torch.mm(x.t(), G)
-    return dW if mask is None else dW.mul_(mask)
+    if mask is None:
+        return dW
+    ar_kernels.count_masked(x.shape[0], mask)
+    return dW.mul_(mask)
 
 
 def _repeats(x, y):
@@ -109,8 +115,11 @@ class SparseProduct(torch.autograd.Function):
     def backward(ctx, G):
         x, W, mask = ctx.saved_tensors
         dx = None
-        if ctx.needs_input_grad[0]:
-            dx = G @ (W if mask is None else W * mask).t()
+        if ctx.needs_input_grad[0] and mask is None:
+            dx = G @ W.t()
+        elif ctx.needs_input_grad[0]:
+            ar_kernels.count_masked(G.shape[0], mask)
+            dx = G @ (W * mask).t()
         dW = sparse_weight_grad(x, G, mask) if ctx.needs_input_grad[1] else None
         return dx, dW, None, None
 
