@@ -262,6 +262,7 @@ class Row:
     fraction_of_matmul: float      # gflops over the fastest calibration of the case
     seconds_median: float          # the median repeat, for the spread
     gsigmoid_per_step: float = math.nan   # transcendental evaluations (count_work), 1e9
+    work: dict | None = None              # the floor's counts (Work: FLOPs, evaluations)
     floor_seconds: float = math.nan       # Work.floor at the fastest calibrations
     fraction_of_floor: float = math.nan   # floor_seconds / seconds_per_step
     # each repeat's epoch time x the calibration taken just before it (GFLOP/s), in order
@@ -292,6 +293,7 @@ def _row(name, seconds, per_epoch, flops, peaks, work: Work | None = None,
               calibrated_repeats=[per_epoch(t) * p for t, p in zip(seconds, peaks)])
     if work is not None and sigmoid_peaks:
         row.gsigmoid_per_step = work.transcendentals / 1e9
+        row.work = asdict(work)
         row.floor_seconds = work.floor(max(peaks), max(sigmoid_peaks))
         row.fraction_of_floor = row.floor_seconds / dt
     return row

@@ -297,6 +297,8 @@ def test_floor_divides_each_count_by_its_rate():
     assert row.floor_seconds == pytest.approx(4.04)
     assert row.fraction_of_floor == pytest.approx(4.04 / 1.0)
     assert row.gsigmoid_per_step == pytest.approx(2.0)
+    assert row.work == {"matmul_flops": 3e9, "vector_flops": 1e9, "transcendentals": 2e9,
+                        "masked_flops": 0}
 
 
 @pytest.mark.skipif(not ar_kernels.available(), reason="the compiled kernels are off")
