@@ -26,11 +26,12 @@ from rws import ar_kernels
 numba = ar_kernels.numba
 
 
-def _rows(p, h, w, c, G, db):
-    """G = (p - h) c w over [R, S, n] (p and h broadcast from one row or one s), rows
-    [R * S, n] or, where G has R rows, summed over s in order; w [R, S], None: every
-    w = 1; db[j] += each G[:, j] in row order. All in G's dtype, each operation rounded
-    as torch rounds the same ones ((p - h) * (w * c), c rounded to G's dtype first)."""
+def rows(p, h, w, c, G, db):
+    """One term of ``dlogits`` on NumPy arrays: G <- (p - h) c w over [R, S, n] (p and h
+    [R or 1, S or 1, n], broadcast from one row or one s), G's rows [R * S, n] or, where
+    G has R rows, summed over s in order; w [R, S], None: every w = 1; db[j] += each
+    G[:, j] in row order. All in G's dtype, each operation rounded as torch rounds the
+    same ones ((p - h) * (w * c), c rounded to G's dtype first)."""
     n = G.shape[1]
     R = max(p.shape[0], h.shape[0])
     S = max(p.shape[1], h.shape[1])
@@ -63,7 +64,7 @@ def _rows(p, h, w, c, G, db):
 
 
 if numba is not None:
-    _rows = numba.njit(cache=True, nogil=True)(_rows)
+    rows = numba.njit(cache=True, nogil=True)(rows)
 
 
 _DTYPES = (torch.float32, torch.float64)
@@ -79,23 +80,17 @@ def dlogits(terms, n: int):
     dtype = terms[0][0].dtype
     if dtype not in _DTYPES or terms[0][0].device.type != "cpu" or not ar_kernels.available():
         return None
-    arrays, rows = [], 0
+    arrays, n_rows = [], 0
     for p, h, w, c, summed in terms:
         if p.dtype != dtype or h.dtype != dtype or (w is not None and w.dtype != dtype):
             return None
         R = max(p.shape[0], h.shape[0])
         R_G = R if summed else R * max(p.shape[1], h.shape[1])
-        arrays.append((p.numpy(), h.numpy(), None if w is None else w.numpy(), c, rows, R_G))
-        rows += R_G
-    G = np.empty((rows, n), arrays[0][0].dtype)
+        arrays.append((p.numpy(), h.numpy(), None if w is None else w.numpy(), c, n_rows, R_G))
+        n_rows += R_G
+    G = np.empty((n_rows, n), arrays[0][0].dtype)
     db = np.zeros(n, G.dtype)
     for p, h, w, c, r0, R_G in arrays:
-        _rows(p, h, w, c, G[r0:r0 + R_G], db)
+        rows(p, h, w, c, G[r0:r0 + R_G], db)
     return torch.from_numpy(G), torch.from_numpy(db)
 
-
-def rows(p: np.ndarray, h: np.ndarray, w, c: float, G: np.ndarray, db: np.ndarray) -> None:
-    """One term of ``dlogits`` on NumPy arrays: G <- c w (p - h) for p and h [R or 1,
-    S or 1, n] and w [R, S] (None: 1), G [R * S, n] or, with R rows, summed over s;
-    db [n] += G's rows."""
-    _rows(p, h, w, c, G, db)

@@ -66,15 +66,19 @@ def _sparse(x, other):
     return np.count_nonzero(head) <= SPARSE_SHARE * head.size
 
 
+def _masked(W, mask, rows: int):
+    """W * M for a dense product over ``rows`` rows, whose FLOPs on M's zeros are
+    reported to ``rws.bench``'s counter (``ar_kernels.count_masked``)."""
+    ar_kernels.count_masked(rows, mask)
+    return W * mask
+
+
 def sparse_product(x, W, mask=None):
     """x W for x [R, D_in], W [D_in, D_out], or a DARN's autoregressive term x (W * M)
     with its mask M: [R, D_out]."""
     if _sparse(x, W):
         return torch.from_numpy(ar_kernels.sparse_product(*_arrays(x, W), mask is not None))
-    if mask is None:
-        return x @ W
-    ar_kernels.count_masked(x.shape[0], mask)
-    return x @ (W * mask)
+    return x @ (W if mask is None else _masked(W, mask, x.shape[0]))
 
 
 def sparse_weight_grad(x, G, mask=None):
@@ -82,10 +86,10 @@ def sparse_weight_grad(x, G, mask=None):
     if _sparse(x, G):
         return torch.from_numpy(ar_kernels.sparse_weight_grad(*_arrays(x, G), mask is not None))
     dW = torch.mm(x.t(), G)
-    if mask is None:
-        return dW
-    ar_kernels.count_masked(x.shape[0], mask)
-    return dW.mul_(mask)
+    if mask is not None:
+        ar_kernels.count_masked(x.shape[0], mask)
+        dW.mul_(mask)
+    return dW
 
 
 def _repeats(x, y):
@@ -115,11 +119,8 @@ class SparseProduct(torch.autograd.Function):
     def backward(ctx, G):
         x, W, mask = ctx.saved_tensors
         dx = None
-        if ctx.needs_input_grad[0] and mask is None:
-            dx = G @ W.t()
-        elif ctx.needs_input_grad[0]:
-            ar_kernels.count_masked(G.shape[0], mask)
-            dx = G @ (W * mask).t()
+        if ctx.needs_input_grad[0]:
+            dx = G @ (W if mask is None else _masked(W, mask, G.shape[0])).t()
         dW = sparse_weight_grad(x, G, mask) if ctx.needs_input_grad[1] else None
         return dx, dW, None, None
 
